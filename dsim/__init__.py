@@ -1,0 +1,2 @@
+"""dsim: decentralized learning simulator."""
+__version__ = "0.1.0"
