@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,23 +10,34 @@ import click
 from dsim.errors import DsimError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS = {
+    "launch": "dsim.commands.launch:launch",
+    "topology": "dsim.commands.topology:topology",
+    "partition": "dsim.commands.partition:partition",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a sub-command only when it runs, so `dsim topology` never pays for importing torch."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dsim")
 def cli() -> None:
     """dsim: decentralized learning simulator over ZeroMQ."""
 
 
-def _register() -> None:
-    from dsim.commands import launch, partition, topology
-
-    cli.add_command(launch.launch)
-    cli.add_command(topology.topology)
-    cli.add_command(partition.partition)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
-    _register()
     try:
         cli.main(args=argv, prog_name="dsim", standalone_mode=False)
     except click.exceptions.Abort:

@@ -1,0 +1,8 @@
+"""Learning library (pure functions, no networking) for the distillation workloads.
+
+- models: ConvNet of the distillation papers, seeded construction, flat parameter vectors.
+- dsa: differentiable siamese augmentation with seed-derived (never global) randomness.
+- pae: partition-and-expand of synthetic images.
+- dm: distribution matching (LocalDM) and the CollabDM client means / server refinement.
+- train, evaluate: SGD training on tensors; scoring a synthetic set with fresh ConvNets.
+"""

@@ -1,0 +1,57 @@
+"""Data set-up cost per node process: loading MNIST (cold, cached) and partitioning it.
+
+Usage: .venv/bin/python benchmarks/bench_data.py [--data-dir DIR] [--nodes 1000]
+Writes benchmarks/results/data.json. Target: about a second or less for each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dsim.data.datasets import clear_cache, load_dataset
+from dsim.data.partition import PARTITIONERS, partition_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(fn, repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--nodes", type=int, default=1000)
+    args = parser.parse_args()
+
+    clear_cache()
+    results: dict[str, float] = {
+        "mnist_load_cold_s": _timed(lambda: load_dataset("mnist", args.data_dir)),
+        "mnist_load_cached_s": _timed(lambda: load_dataset("mnist", args.data_dir), repeats=5),
+    }
+    labels = load_dataset("mnist", args.data_dir).train_y.numpy()
+    for method in PARTITIONERS:
+        results[f"partition_{method}_{args.nodes}_nodes_s"] = _timed(
+            lambda m=method: partition_indices(labels, args.nodes, m, seed=0), repeats=3)
+    results["partition_dirichlet_beta0.1_floor5_100_nodes_s"] = _timed(
+        lambda: partition_indices(labels, 100, "dirichlet", seed=0, beta=0.1, class_floor=5), repeats=3)
+
+    out = ROOT / "benchmarks" / "results" / "data.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"nodes": args.nodes, "seconds": results}, indent=2) + "\n")
+    width = max(map(len, results))
+    for name, seconds in results.items():
+        print(f"{name:<{width}}  {seconds:8.4f} s")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""`dsim launch`: run an experiment. Flags override the config file; --set reaches any key."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from dsim.config import resolve
+
+
+@click.command("launch")
+@click.option("--nodes", type=int, help="Number of (client) nodes; a star adds its hub as the server.")
+@click.option("--topology", help="star, ring, full, regular, small-world, erdos-renyi, grid, torus, or an edge file.")
+@click.option("--algorithm", help="The node program, e.g. collabdm, localdm, base, gather, gossip.")
+@click.option("--seed", type=int, help="Seed of everything random (graph, data split, models).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any options.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set any config key, e.g. graph.degree=6.")
+@click.option("--out", help="Run directory (default runs/<UTC time>-<algorithm>).")
+@click.option("--hosts", type=click.Path(dir_okay=False), help="Hosts file: one 'HOST slots=N' per line.")
+@click.option("--machine-rank", type=int, help="This machine's line in the hosts file (0-based); else detected.")
+@click.option("--nodes-per-process", type=int, help="Pack this many asyncio nodes into each process.")
+@click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10 or synthetic.")
+@click.option("--data-dir", help="Folder with the dataset files.")
+@click.option("--download", is_flag=True, default=None, help="Fetch missing dataset files (checksummed).")
+@click.option("--partition", help="iid, shard or dirichlet.")
+@click.option("--shards", type=int, help="Shards per node for --partition shard.")
+@click.option("--beta", type=float, help="Concentration for --partition dirichlet (smaller = more skewed).")
+@click.option("--quiet", is_flag=True, help="No progress line or closing table.")
+def launch(config_file, sets, hosts, machine_rank, quiet, dataset, data_dir, download, partition, shards,
+           beta, **flags) -> None:
+    """Run node processes on a graph and write the run directory."""
+    from dsim.launch import launch as run_launch
+
+    data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
+            "shards": shards, "beta": beta}
+    flags["data"] = {k: v for k, v in data.items() if v is not None}
+    cfg = resolve(config_file, flags, sets)
+    code, _ = run_launch(cfg, hosts=hosts, machine_rank=machine_rank, quiet=quiet)
+    sys.exit(code)

@@ -1,0 +1,108 @@
+"""`dsim partition`: show which labels each node would hold, before running anything.
+
+It goes through the same code path as the nodes themselves (`partition_for`), so what it
+prints is exactly what a run with the same [data] settings, node count and seed uses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dsim.data.datasets import DATASETS
+from dsim.data.node_data import DATA_DEFAULTS, partition_for
+from dsim.data.partition import PARTITIONERS, label_counts
+
+D = DATA_DEFAULTS
+
+
+@click.command("partition")
+@click.option("--dataset", type=click.Choice(DATASETS), default=D["dataset"], show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the dataset files (DIR, DIR/<name>/ or torchvision's layout).")
+@click.option("--download", is_flag=True, help="Fetch missing files into DATA_DIR/<name>/ "
+              "(DSIM_DATA_MIRROR=URL overrides the official mirrors).")
+@click.option("--partition", "method", type=click.Choice(PARTITIONERS), default=D["partition"],
+              show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=D["shards"], show_default=True,
+              help="shard: shards per node.")
+@click.option("--beta", type=float, default=D["beta"], show_default=True,
+              help="dirichlet: concentration; smaller = more skewed.")
+@click.option("--min-size", type=click.IntRange(min=0), default=D["min_size"], show_default=True,
+              help="dirichlet: resample until every node has this many samples.")
+@click.option("--class-floor", type=click.IntRange(min=0), default=D["class_floor"],
+              show_default=True, help="dirichlet: samples of every class given to every node first.")
+@click.option("--nodes", type=click.IntRange(min=1), required=True, help="Number of nodes with data.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of per-class counts per node.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the label distribution as stacked bars into this PNG.")
+def partition(dataset: str, data_dir: Path | None, download: bool, method: str, shards: int,
+              beta: float, min_size: int, class_floor: int, nodes: int, seed: int, as_json: bool,
+              plot: Path | None) -> None:
+    """Print each node's label counts for a dataset, partitioner, node count and seed."""
+    cfg = {"dataset": dataset, "data_dir": str(data_dir or ""), "download": download,
+           "partition": method, "shards": shards, "beta": beta, "min_size": min_size,
+           "class_floor": class_floor}
+    ds, parts, fingerprint = partition_for(cfg, num_parts=nodes, seed=seed)
+    counts = label_counts(ds.train_y.numpy(), parts, ds.num_classes)
+    title = f"{dataset}: {_describe(cfg)} over {nodes} nodes, seed {seed}"
+    if as_json:
+        click.echo(json.dumps(counts.tolist()))
+    else:
+        assigned = int(counts.sum())
+        click.echo(f"# {title}; {assigned} of {len(ds.train_y)} train samples assigned; "
+                   f"fingerprint {fingerprint[:16]}")
+        click.echo(format_table(counts))
+    if plot is not None:
+        plot_counts(counts, plot, title)
+
+
+def _describe(cfg: dict) -> str:
+    if cfg["partition"] == "shard":
+        return f"shard({cfg['shards']} per node)"
+    if cfg["partition"] == "dirichlet":
+        floor = f", class_floor={cfg['class_floor']}" if cfg["class_floor"] else ""
+        return f"dirichlet(beta={cfg['beta']:g}, min_size={cfg['min_size']}{floor})"
+    return "iid"
+
+
+def format_table(counts: np.ndarray) -> str:
+    """Node rows x class columns, a total column and a total row, right-aligned."""
+    classes = counts.shape[1]
+    rows = [["node", *map(str, range(classes)), "total"]]
+    rows += [[str(i), *map(str, row), str(row.sum())] for i, row in enumerate(counts)]
+    rows.append(["total", *map(str, counts.sum(axis=0)), str(counts.sum())])
+    widths = [max(len(r[c]) for r in rows) for c in range(classes + 2)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def plot_counts(counts: np.ndarray, path: Path, title: str) -> None:
+    """Stacked bars, one per node, one colour per class (Agg backend, no display needed)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    nodes, classes = counts.shape
+    fig = Figure(figsize=(min(max(6.0, 0.3 * nodes + 2.5), 16.0), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = colormaps["tab10" if classes <= 10 else "tab20"]
+    x = np.arange(nodes)
+    bottom = np.zeros(nodes)
+    width = 0.85 if nodes <= 60 else 1.0
+    for c in range(classes):
+        ax.bar(x, counts[:, c], width, bottom=bottom, color=cmap(c % cmap.N), label=str(c),
+               linewidth=0)
+        bottom += counts[:, c]
+    ax.set_xlabel("node")
+    ax.set_ylabel("train samples")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-0.6, nodes - 0.4)
+    if nodes <= 40:
+        ax.set_xticks(x)
+    ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+              title_fontsize=9, ncols=1 if classes <= 20 else 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,76 @@
+"""The launcher of machine i > 0: proves it resolved the same experiment, then watches its workers.
+
+It reports any of its worker processes that dies, stops them if the coordinator goes silent, and
+receives the run's summary at the end so that every machine's run directory is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from dsim import wire
+from dsim.config import fingerprint_view
+from dsim.console import Console
+from dsim.coordinator import Outcome
+from dsim.plan import LocalProc
+
+
+async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: str,
+                 procs: list[LocalProc], console: Console) -> tuple[Outcome, dict[str, Any]]:
+    net = cfg["net"]
+    heartbeat, silent_limit = float(net["heartbeat"]), float(net["heartbeat_timeout"])
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, f"m{machine}".encode())
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(control)
+    outcome = Outcome()
+    reported: set[str] = set()
+    try:
+        await sock.send(wire.pack_control({"t": "machine", "machine": machine,
+                                           "config": fingerprint_view(cfg), "graph": graph_hash}))
+        deadline = time.monotonic() + float(net["start_timeout"])
+        last_heard, accepted = time.monotonic(), False
+        while True:
+            for p in procs:
+                code = p.process.exitcode
+                if code not in (None, 0) and p.name not in reported:
+                    reported.add(p.name)
+                    await sock.send(wire.pack_control({"t": "proc_exit", "machine": machine, "ranks": p.ranks,
+                                                       "pid": p.process.pid, "code": code}))
+            now = time.monotonic()
+            if not accepted and now > deadline:
+                return _failed(outcome, f"the coordinator at {control} did not answer in "
+                                        f"{net['start_timeout']:g} s", "failed")
+            if accepted and now - last_heard > silent_limit:
+                return _failed(outcome, f"lost contact with the coordinator at {control}", "failed")
+            try:
+                msg = wire.unpack_control(await asyncio.wait_for(sock.recv(), heartbeat))
+            except (TimeoutError, wire.WireError):
+                continue
+            last_heard = time.monotonic()
+            if msg["t"] == "refuse":
+                return _failed(outcome, msg.get("reason", "refused by the coordinator"), "refused")
+            if msg["t"] == "accept":
+                accepted = True
+                console.say(f"dsim: machine {machine} accepted by the coordinator (run {msg.get('run')})")
+            elif msg["t"] == "end":
+                summary = msg.get("summary", {})
+                outcome.status = summary.get("status", "failed")
+                outcome.failures = summary.get("failures", [])
+                outcome.warnings = summary.get("warnings", [])
+                return outcome, summary
+    finally:
+        sock.close(linger=1000)
+        ctx.term()
+
+
+def _failed(outcome: Outcome, reason: str, status: str) -> tuple[Outcome, dict[str, Any]]:
+    outcome.status = status
+    outcome.failures.append({"ranks": [], "reason": reason})
+    return outcome, {"status": status, "failures": outcome.failures}

@@ -1,0 +1,220 @@
+"""`dsim launch`: resolve the experiment, fork this machine's workers, coordinate or follow, write results.
+
+Workers are forked before any ZeroMQ context exists in the launcher, so they start in milliseconds and
+share the already-imported modules and loaded dataset copy-on-write. Machine 0 coordinates; the other
+machines of a hosts file follow it. Whatever happens, every worker is reaped before the launcher returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from dsim import hosts as hostfile
+from dsim.config import fingerprint, parse_port_range
+from dsim.console import Console
+from dsim.coordinator import Coordinator, Outcome
+from dsim.errors import DsimError
+from dsim.follower import follow
+from dsim.plan import LocalProc, WorkerPlan, format_ranks, plan_workers
+from dsim.program import Program
+from dsim.programs import load_program
+from dsim.results import (bandwidth_rows, closing_table, make_run_dir, write_bandwidth, write_config,
+                          write_summary)
+from dsim.topologies import build, graph_hash
+from dsim.worker import WorkerSpec, run_worker
+
+
+def build_graph(cfg: dict[str, Any], program: Program) -> nx.Graph:
+    return build(cfg["topology"], cfg["nodes"], with_server=program.needs_server, seed=int(cfg["seed"]),
+                 params=cfg["graph"])
+
+
+def _resolve_ip(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        raise DsimError(f"cannot resolve host '{host}'") from None
+
+
+def _check_port_range(host: str, text: str, needed: int) -> None:
+    """Refuse up front when the configured port range cannot hold this machine's nodes."""
+    rng = parse_port_range(text)
+    if rng is None:
+        return
+    free = 0
+    for port in range(rng[0], rng[1] + 1):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                free += 1
+            except OSError:
+                continue
+        if free >= needed:
+            return
+    raise DsimError(f"port range {text} has {free} free ports on {host} but {needed} nodes need one each; "
+                    f"choose another --set net.ports=LO-HI")
+
+
+def _check_master_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise DsimError(f"coordinator port {port} on {host} is in use; choose another with "
+                            f"--set net.master_port=N") from None
+
+
+def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalProc]:
+    ctx = multiprocessing.get_context("fork")
+    threads = max(1, (os.cpu_count() or 1) // max(1, len(plans)))
+    procs = []
+    for plan in plans:
+        spec = WorkerSpec(name=plan.name, ranks=plan.ranks, threads=threads, **base)
+        proc = ctx.Process(target=run_worker, args=(spec,), name=f"dsim-{plan.name}", daemon=False)
+        proc.start()
+        procs.append(LocalProc(plan.name, plan.ranks, proc))
+    return procs
+
+
+def _reap(procs: list[LocalProc], grace: float = 10.0) -> None:
+    """Wait for workers to exit on their own, then terminate, then kill: nothing is left behind."""
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.process.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.process.is_alive():
+            p.process.terminate()
+    for p in procs:
+        p.process.join(2.0)
+        if p.process.is_alive():
+            p.process.kill()
+            p.process.join(2.0)
+
+
+def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | None = None,
+           quiet: bool = False) -> tuple[int, Path]:
+    """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
+    console = Console(quiet=quiet)
+    program = load_program(cfg["algorithm"])
+    graph = build_graph(cfg, program)
+    ghash = graph_hash(graph)
+    world = graph.number_of_nodes()
+    if hosts:
+        machines = hostfile.layout(hostfile.parse_hosts(hosts), world)
+        if machine_rank is not None and not 0 <= machine_rank < len(machines):
+            raise DsimError(f"--machine-rank {machine_rank} is outside the hosts file's 0..{len(machines) - 1}")
+        me = machine_rank if machine_rank is not None else hostfile.detect_machine(machines)
+    else:
+        machines = [hostfile.Machine(0, cfg["net"]["host"], world, 0)]
+        me = 0
+    host_ip = _resolve_ip(machines[me].host)
+    plans = plan_workers(machines, int(cfg["nodes_per_process"]))
+    mine = [p for p in plans if p.machine == me]
+    _check_port_range(host_ip, cfg["net"]["ports"], len(machines[me].ranks))
+    tmpdir = None
+    if hosts:
+        master = f"tcp://{_resolve_ip(machines[0].host)}:{cfg['net']['master_port']}"
+        if me == 0:
+            _check_master_port(host_ip, int(cfg["net"]["master_port"]))
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="dsim-")
+        master = f"ipc://{tmpdir}/control"
+    if program.uses_data:
+        from dsim.data import load_dataset  # fail fast on missing files, and share the load with the forks
+
+        data = cfg["data"]
+        load_dataset(data["dataset"], data["data_dir"] or None, download=data["download"], seed=int(cfg["seed"]))
+    run_dir = make_run_dir(cfg["out"], cfg["algorithm"], me)
+    write_config(run_dir, cfg)
+    t0 = time.time()
+    base = dict(control=master, host=host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program, t0=t0)
+    procs = _fork_workers(mine, base)
+    console.say(f"dsim: {cfg['algorithm']} on {graph.graph.get('name', cfg['topology'])} with {world} nodes "
+                f"in {len(plans)} processes; results in {run_dir}")
+    try:
+        if me == 0:
+            coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
+                                      console)
+            outcome, summary = asyncio.run(_coordinate(coordinator, cfg, program, graph, machines, run_dir))
+        else:
+            outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console))
+    finally:
+        _reap(procs)
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    rows = summary.get("bandwidth", [])
+    if rows:
+        write_bandwidth(run_dir, rows)
+    write_summary(run_dir, {k: v for k, v in summary.items() if k != "bandwidth"})
+    _report(console, outcome, summary, rows, quiet)
+    return {"ok": 0, "refused": 2, "interrupted": 130}.get(outcome.status, 1), run_dir
+
+
+async def _coordinate(coordinator: Coordinator, cfg: dict[str, Any], program: Program, graph: nx.Graph,
+                      machines: list[hostfile.Machine], run_dir: Path) -> tuple[Outcome, dict[str, Any]]:
+    outcome = await coordinator.run()
+    roles = {r: program.role_of(r, graph) for r in graph.nodes}
+    host_of = {r: m.host for m in machines for r in m.ranks}
+    rows = bandwidth_rows(outcome.traffic, roles, host_of)
+    try:
+        results = program.summarize(outcome.results, graph) if outcome.status == "ok" else {}
+    except Exception as exc:  # a summarize bug must not lose the per-node results
+        results = {"summarize_error": f"{type(exc).__name__}: {exc}"}
+    results["per_node"] = {str(r): outcome.results[r] for r in sorted(outcome.results)}
+    summary = {
+        "status": outcome.status,
+        "failures": outcome.failures,
+        "warnings": outcome.warnings,
+        "algorithm": cfg["algorithm"],
+        "topology": graph.graph.get("name", cfg["topology"]),
+        "nodes": graph.number_of_nodes(),
+        "server": graph.graph.get("server"),
+        "run_id": coordinator.run_id,
+        "run_dir": str(run_dir),
+        "config_fingerprint": fingerprint(cfg, graph_hash(graph)),
+        "data_fingerprint": outcome.data_fingerprint,
+        "wall_time_s": round(outcome.timings.get("wall_s", 0.0), 3),
+        "timings": {k: round(v, 3) for k, v in outcome.timings.items()},
+        "results": results,
+        "bandwidth": rows,
+    }
+    await coordinator.close(summary)
+    return outcome, summary
+
+
+def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: list[dict[str, Any]],
+            quiet: bool) -> None:
+    if rows and not quiet:
+        print(closing_table(rows))
+    results = {k: v for k, v in summary.get("results", {}).items() if k != "per_node"}
+    if results and not quiet:
+        print("results: " + ", ".join(f"{k}={_short(v)}" for k, v in results.items()))
+    for warning in outcome.warnings:
+        console.say(f"dsim: warning: {warning}")
+    for failure in outcome.failures:
+        console.say(f"dsim: error: {failure['reason']}")
+    if outcome.status == "ok":
+        console.say(f"dsim: finished in {summary.get('wall_time_s', 0):.1f} s; results in {summary.get('run_dir')}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return "{...}" if isinstance(value, dict) else f"[{len(value)} items]"
+    return str(value)
+
+
+__all__ = ["launch", "build_graph", "format_ranks"]

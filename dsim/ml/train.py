@@ -1,0 +1,73 @@
+"""Plain supervised training of a model on in-memory tensors (evaluation of synthetic sets, experts).
+
+Shuffling and per-image DSA draw from one local generator seeded with `seed`, so a run is
+reproducible and never disturbs the global torch RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsim.errors import DsimError
+from dsim.ml.dsa import augment
+
+EpochFn = Callable[[int, nn.Module], None]
+"""Called after each epoch with (epochs done, model), e.g. to snapshot MTT expert parameters."""
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch: int = 256,
+    dsa_strategy: str | None = None,
+    lr_decay_at_half: bool = True,
+    seed: int = 0,
+    on_epoch: EpochFn | None = None,
+) -> float:
+    """Train `model` in place with SGD + cross-entropy; returns the last epoch's mean loss.
+
+    DSA (per-image parameters, one op per batch) is applied to every batch when a strategy is
+    given; with lr_decay_at_half the lr is multiplied by 0.1 from epoch epochs // 2 on (REFERENCE §5).
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise DsimError(
+            f"training set needs as many labels as images (>0), got {len(x)} and {len(y)}"
+        )
+    if epochs < 0 or batch < 1:
+        raise DsimError(f"need epochs >= 0 and batch >= 1, got {epochs}, {batch}")
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    y = y.long()
+    model.train()
+    last_loss = float("nan")
+    for epoch in range(epochs):
+        if lr_decay_at_half and epochs > 1 and epoch == epochs // 2:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+        order = torch.randperm(len(x), generator=gen)
+        total, seen = 0.0, 0
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            xb = augment(x[idx], dsa_strategy, generator=gen) if dsa_strategy else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        last_loss = total / seen
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
+    return last_loss

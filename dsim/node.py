@@ -1,0 +1,148 @@
+"""The node-program API: a role is a subclass of `Node` with `async def run(self)`.
+
+A role sees its own rank and role, its neighbours, the graph and the config, and talks with
+`send` / `recv` / `broadcast` / `gather`. Sends to non-neighbours are relayed along shortest paths by
+the runtime. Long computations go through `offload` so that the node keeps answering (and relaying)
+while it trains. Constructors do no work: the runtime builds every node, connects it, and only then
+calls `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import networkx as nx
+import numpy as np
+
+from dsim.nodelog import NodeLog
+from dsim.transport import Endpoint, Message, NodeTimeout
+
+T = TypeVar("T")
+
+
+@dataclass
+class NodeContext:
+    """What the runtime hands a node: identity, graph, config, sockets, log, and its data (if any)."""
+
+    rank: int
+    role: str
+    graph: nx.Graph
+    config: dict[str, Any]
+    endpoint: Endpoint
+    log: NodeLog
+    data: Any = None
+
+
+class Node:
+    """Base class of every role. Override `run`; return a dict of results (or None)."""
+
+    role: ClassVar[str] = "node"
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+
+    # --- identity and surroundings -------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self._ctx.rank
+
+    @property
+    def neighbours(self) -> tuple[int, ...]:
+        return self._ctx.endpoint.neighbours
+
+    @property
+    def graph(self) -> nx.Graph:
+        return self._ctx.graph
+
+    @property
+    def server(self) -> int | None:
+        """Rank of the server node, or None in a fully decentralized program."""
+        return self._ctx.graph.graph.get("server")
+
+    @property
+    def clients(self) -> list[int]:
+        """Every rank except the server's."""
+        return [r for r in sorted(self._ctx.graph.nodes) if r != self.server]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._ctx.config
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """This program's own config table (config[algorithm])."""
+        return self._ctx.config.get(self._ctx.config["algorithm"], {})
+
+    @property
+    def data(self) -> Any:
+        """This node's share of the dataset (dsim.data.NodeData), or None for programs without data."""
+        return self._ctx.data
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded by (seed, rank): reproducible and different on every node."""
+        return np.random.default_rng([self._ctx.config["seed"], self.rank])
+
+    @property
+    def timeout(self) -> float:
+        return float(self._ctx.config["timeout"])
+
+    # --- messaging -----------------------------------------------------------------------------
+    async def send(self, dst: int, kind: str, payload: Any = None) -> int:
+        """Send to any node; non-neighbours are reached hop by hop. Returns the bytes sent."""
+        return await self._ctx.endpoint.send(dst, kind, payload, timeout=self.timeout)
+
+    async def recv(self, kind: str, src: int | None = None, timeout: float | None = None) -> Message:
+        """Wait for the next `kind` message (from `src` if given); raises NodeTimeout after `timeout` s."""
+        who = f"node {self.rank} ({self._ctx.role})"
+        return await self._ctx.endpoint.mailbox.get(kind, src, timeout or self.timeout, who)
+
+    async def broadcast(self, kind: str, payload: Any = None, dsts: Iterable[int] | None = None) -> int:
+        """Send the same payload to `dsts` (default: the neighbours). Returns the bytes sent."""
+        targets = list(self.neighbours if dsts is None else dsts)
+        sizes = await asyncio.gather(*(self.send(d, kind, payload) for d in targets))
+        return sum(sizes)
+
+    async def gather(
+        self,
+        kind: str,
+        srcs: Iterable[int] | None = None,
+        timeout: float | None = None,
+        allow_missing: bool = False,
+    ) -> dict[int, Any]:
+        """Collect one `kind` payload from each of `srcs` (default: the neighbours).
+
+        With allow_missing, sources silent past the timeout are left out and logged instead of failing.
+        """
+        sources = list(self.neighbours if srcs is None else srcs)
+        results = await asyncio.gather(
+            *(self.recv(kind, s, timeout) for s in sources), return_exceptions=True
+        )
+        out: dict[int, Any] = {}
+        for src, res in zip(sources, results, strict=True):
+            if isinstance(res, NodeTimeout) and allow_missing:
+                self.log_event("missing", kind=kind, src=src)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                out[src] = res.payload
+        return out
+
+    # --- computation and logging ---------------------------------------------------------------
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a long computation in a thread so the node keeps messaging (torch releases the GIL)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def log(self, **metrics: Any) -> None:
+        """Record metrics (e.g. round=3, loss=0.2) in this node's jsonl log."""
+        self._ctx.log.write("metric", **metrics)
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        self._ctx.log.write(event, **fields)
+
+    async def run(self) -> dict[str, Any] | None:  # pragma: no cover - abstract
+        raise NotImplementedError

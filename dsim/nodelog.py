@@ -1,0 +1,42 @@
+"""Per-node event log: one JSON object per line in ``nodes/<rank>.jsonl``, flushed as it is written.
+
+Lines are written as they happen, so a run that fails keeps everything its nodes logged up to then.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe scalars: numpy/torch scalars become Python numbers, NaN becomes null."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class NodeLog:
+    def __init__(self, path: Path, rank: int, t0: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rank, self.t0 = rank, t0
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: nothing lost on failure
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self._fh.closed:
+            return
+        record = {"t": round(time.time() - self.t0, 4), "rank": self.rank, "event": event}
+        record.update({k: _plain(v) for k, v in fields.items()})
+        self._fh.write(json.dumps(record, default=str) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()

@@ -1,0 +1,44 @@
+"""What a node program declares: its roles side by side, whether it needs a server, data, or torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from dsim.node import Node
+
+
+def server_result(results: Mapping[int, dict[str, Any]], graph: nx.Graph) -> dict[str, Any]:
+    """Default summary: what the server returned, if there is a server."""
+    server = graph.graph.get("server")
+    return dict(results.get(server) or {}) if server is not None else {}
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    roles: Mapping[str, type[Node]]
+    needs_server: bool = False
+    uses_data: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    summarize: Callable[[Mapping[int, dict[str, Any]], nx.Graph], dict[str, Any]] = server_result
+
+    def role_of(self, rank: int, graph: nx.Graph) -> str:
+        """'server' for the graph's server when the program has one; otherwise the single peer role."""
+        if "server" in self.roles and rank == graph.graph.get("server"):
+            return "server"
+        others = [r for r in self.roles if r != "server"]
+        return others[0]
+
+    def data_part(self, rank: int, graph: nx.Graph) -> int | None:
+        """Which partition part a rank holds: clients in rank order; the server holds none."""
+        server = graph.graph.get("server") if self.needs_server else None
+        if rank == server:
+            return None
+        return rank - 1 if server == 0 else rank
+
+    def num_parts(self, graph: nx.Graph) -> int:
+        return graph.number_of_nodes() - (1 if self.needs_server else 0)

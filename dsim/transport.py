@@ -1,0 +1,279 @@
+"""One node's network endpoint: a bound ROUTER for everything it receives, a DEALER per neighbour.
+
+Messages to a node that is not a neighbour go to the next hop of a shortest path and are forwarded
+unchanged (frames untouched) by every relay, which counts the bytes it forwards. Every frame is counted
+where it is sent and where it is received, so with no failures the totals agree. Frames that are garbled,
+too large, from another run or from a non-neighbour are dropped, logged, and counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from dsim import wire
+from dsim.errors import DsimError
+
+NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
+
+
+class NodeTimeout(TimeoutError):
+    """A wait inside a node program ran past its timeout; the message names who waited for what."""
+
+
+class MessageTooLarge(ValueError):
+    """A node tried to send more than net.max_message_mb in one message."""
+
+
+@dataclass(frozen=True)
+class Message:
+    src: int
+    kind: str
+    payload: Any
+    nbytes: int
+
+
+@dataclass
+class Traffic:
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    msgs_sent: int = 0
+    msgs_recv: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"bytes_sent": self.bytes_sent, "bytes_recv": self.bytes_recv,
+                "msgs_sent": self.msgs_sent, "msgs_recv": self.msgs_recv}
+
+
+@dataclass
+class Counters:
+    """Frame-level accounting for one node, in total and per message kind."""
+
+    total: Traffic = field(default_factory=Traffic)
+    by_kind: dict[str, Traffic] = field(default_factory=lambda: defaultdict(Traffic))
+    bytes_relayed: int = 0
+    msgs_relayed: int = 0
+    msgs_dropped: int = 0
+    bytes_dropped: int = 0
+
+    def sent(self, kind: str, nbytes: int) -> None:
+        for t in (self.total, self.by_kind[kind]):
+            t.bytes_sent += nbytes
+            t.msgs_sent += 1
+
+    def received(self, kind: str, nbytes: int) -> None:
+        for t in (self.total, self.by_kind[kind]):
+            t.bytes_recv += nbytes
+            t.msgs_recv += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.total.as_dict(),
+            "bytes_relayed": self.bytes_relayed,
+            "msgs_relayed": self.msgs_relayed,
+            "msgs_dropped": self.msgs_dropped,
+            "bytes_dropped": self.bytes_dropped,
+            "by_kind": {k: t.as_dict() for k, t in sorted(self.by_kind.items())},
+        }
+
+
+class Mailbox:
+    """Received messages by kind, and the waiters for them, matched by kind and optional source."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Message]] = defaultdict(deque)
+        self._waiters: list[tuple[str, int | None, asyncio.Future]] = []
+
+    def put(self, msg: Message) -> None:
+        for i, (kind, src, fut) in enumerate(self._waiters):
+            if kind == msg.kind and (src is None or src == msg.src) and not fut.done():
+                del self._waiters[i]
+                fut.set_result(msg)
+                return
+        self._queues[msg.kind].append(msg)
+
+    def take(self, kind: str, src: int | None) -> Message | None:
+        queue = self._queues.get(kind)
+        if not queue:
+            return None
+        if src is None:
+            return queue.popleft()
+        for i, msg in enumerate(queue):
+            if msg.src == src:
+                del queue[i]
+                return msg
+        return None
+
+    async def get(self, kind: str, src: int | None, timeout: float, who: str) -> Message:
+        msg = self.take(kind, src)
+        if msg is not None:
+            return msg
+        fut = asyncio.get_running_loop().create_future()
+        entry = (kind, src, fut)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            origin = "any node" if src is None else f"node {src}"
+            raise NodeTimeout(f"{who} waited {timeout:g} s for '{kind}' from {origin}") from None
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+
+class Endpoint:
+    """The sockets of one node. Created unbound; `bind`, then `connect` once peers are known."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        rank: int,
+        neighbours: tuple[int, ...],
+        next_hop: dict[int, int],
+        max_bytes: int,
+        log: Callable[..., None],
+    ) -> None:
+        self.ctx, self.rank = ctx, rank
+        self.run = ""  # the run id arrives with the peer table
+        self.neighbours = neighbours
+        self.next_hop = next_hop
+        self.max_bytes = max_bytes
+        self.log = log
+        self.counters = Counters()
+        self.mailbox = Mailbox()
+        self.hello_from: set[int] = set()
+        self._hello_event = asyncio.Event()
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.dealers: dict[int, zmq.asyncio.Socket] = {}
+        self._relay_socks: dict[int, zmq.Socket] = {}
+        self._identity_to_rank: dict[bytes, int] = {}
+        self._task: asyncio.Task | None = None
+        self.address = ""
+
+    def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
+        """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
+        try:
+            if port_range is None:
+                port = self.router.bind_to_random_port(f"tcp://{host}")
+            else:
+                lo, hi = port_range
+                port = self.router.bind_to_random_port(
+                    f"tcp://{host}", min_port=lo, max_port=hi + 1, max_tries=4 * (hi - lo + 1)
+                )
+        except zmq.ZMQBindError:
+            raise DsimError(f"node {self.rank}: no free port in {port_range[0]}-{port_range[1]}") from None
+        except zmq.ZMQError as exc:
+            raise DsimError(f"node {self.rank}: cannot bind on {host}: {exc}") from None
+        self.address = f"tcp://{host}:{port}"
+        return self.address
+
+    def connect(self, run: str, addresses: dict[int, str]) -> None:
+        """Open a link to every neighbour and start receiving; identities carry the run id."""
+        self.run = run
+        self._identity_to_rank = {f"{run}:{n}".encode(): n for n in self.neighbours}
+        for n in self.neighbours:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, f"{self.run}:{self.rank}".encode())
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.copy_threshold = NEVER_COPY_BELOW
+            sock.connect(addresses[n])
+            self.dealers[n] = sock
+            self._relay_socks[n] = zmq.Socket.shadow(sock.underlying)
+        self._task = asyncio.get_running_loop().create_task(self._receive_loop())
+
+    async def say_hello(self, timeout: float) -> None:
+        """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
+        for n in self.neighbours:
+            await self.send(n, "hello", None)
+        try:
+            await asyncio.wait_for(self._hello_event.wait(), timeout) if self.neighbours else None
+        except TimeoutError:
+            missing = sorted(set(self.neighbours) - self.hello_from)
+            raise NodeTimeout(f"node {self.rank} heard no hello from neighbours {missing} in {timeout:g} s") from None
+
+    async def send(self, dst: int, kind: str, payload: Any, timeout: float | None = None) -> int:
+        """Send to any node of the graph; returns the bytes put on the wire."""
+        hop = dst if dst in self.dealers else self.next_hop.get(dst)
+        if hop is None or dst == self.rank:
+            raise ValueError(f"node {self.rank} cannot send to {dst}: not another node of this graph")
+        frames = wire.encode(self.run, self.rank, dst, kind, payload)
+        nbytes = wire.frames_size(frames)
+        if nbytes > self.max_bytes:
+            raise MessageTooLarge(
+                f"node {self.rank}: '{kind}' message to {dst} is {nbytes} bytes, over net.max_message_mb"
+            )
+        self.counters.sent(kind, nbytes)
+        await asyncio.wait_for(self.dealers[hop].send_multipart(frames, copy=True), timeout)
+        return nbytes
+
+    async def _receive_loop(self) -> None:
+        recv = self.router.recv_multipart
+        while True:
+            frames = await recv(copy=False)
+            self._handle(frames)
+
+    def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
+        self.counters.msgs_dropped += 1
+        self.counters.bytes_dropped += nbytes
+        self.log("dropped", reason=reason, nbytes=nbytes, peer=identity[:64].decode("utf-8", "replace"))
+
+    def _handle(self, frames: list) -> None:
+        """Deliver, relay or drop one received message. No await here: relays count atomically."""
+        identity = frames[0].bytes
+        body = frames[1:]
+        nbytes = sum(len(f) for f in body)
+        if not body:
+            return self._drop("empty message", nbytes, identity)
+        if nbytes > self.max_bytes:
+            return self._drop("too large", nbytes, identity)
+        try:
+            header, packed = wire.peek_header(body[0].bytes)
+        except wire.WireError as exc:
+            return self._drop(str(exc), nbytes, identity)
+        if header.run != self.run:
+            return self._drop(f"from another run ({header.run[:16]})", nbytes, identity)
+        peer = self._identity_to_rank.get(identity)
+        if peer is None:
+            return self._drop("sender is not a neighbour", nbytes, identity)
+        self.counters.received(header.kind, nbytes)
+        if header.dst != self.rank:
+            return self._relay(header, body, nbytes)
+        if header.kind == "hello":
+            self.hello_from.add(peer)
+            if len(self.hello_from) == len(self.neighbours):
+                self._hello_event.set()
+            return None
+        try:
+            payload = wire.decode_payload(packed, [f.buffer for f in body[1:]])
+        except wire.WireError as exc:
+            return self._drop(str(exc), nbytes, identity)
+        self.mailbox.put(Message(header.src, header.kind, payload, nbytes))
+        return None
+
+    def _relay(self, header: wire.Header, body: list, nbytes: int) -> None:
+        hop = self.next_hop.get(header.dst)
+        if hop is None or hop not in self.dealers:
+            self.log("dropped", reason=f"no route to {header.dst}", nbytes=nbytes)
+            return
+        self.counters.sent(header.kind, nbytes)
+        self.counters.bytes_relayed += nbytes
+        self.counters.msgs_relayed += 1
+        # Synchronous enqueue keeps "received" and "forwarded" in one step for termination counting.
+        self._relay_socks[hop].send_multipart(body, copy=False)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for sock in self.dealers.values():
+            sock.close(linger=0)
+        self.router.close(linger=0)

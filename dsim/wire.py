@@ -1,0 +1,175 @@
+"""Wire format: a msgpack header plus one raw frame per array.
+
+A message is a list of ZeroMQ frames: ``[header, buf0, buf1, ...]``. The header is a msgpack map
+``{"v", "r" (run id), "s" (source rank), "d" (destination rank), "k" (kind), "p" (payload)}``; inside the
+payload every numpy array or torch tensor is replaced by a msgpack extension that names its frame, dtype
+and shape, and its bytes travel as their own frame. Arrays are never serialised into the header and never
+pickled; on receipt they are zero-copy views over the frame memory.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+_EXT_ARRAY = 1
+_NUMPY, _TORCH = 0, 1
+ALLOWED_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64", "bfloat16"}
+)
+
+
+class WireError(ValueError):
+    """A frame that cannot be decoded: garbled, inconsistent, or not ours."""
+
+
+@dataclass(frozen=True)
+class Header:
+    run: str
+    src: int
+    dst: int
+    kind: str
+
+
+def _torch():
+    """torch only if the program already imported it: plain gossip never pays for the import."""
+    return sys.modules.get("torch")
+
+
+def _array_of(obj: Any) -> tuple[np.ndarray, str, int] | None:
+    """Return (contiguous array, dtype name, origin) when obj is an array or tensor, else None."""
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        return arr, arr.dtype.name, _NUMPY
+    torch = _torch()
+    if torch is not None and isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy(), "bfloat16", _TORCH
+        arr = t.numpy()
+        return arr, arr.dtype.name, _TORCH
+    return None
+
+
+def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
+    """Encode one message into frames; arrays become separate frames without an extra copy."""
+    buffers: list = []
+
+    def default(obj: Any) -> Any:
+        found = _array_of(obj)
+        if found is not None:
+            arr, dtype, origin = found
+            if dtype not in ALLOWED_DTYPES:
+                raise TypeError(f"dtype {dtype} cannot be sent")
+            buffers.append(memoryview(arr).cast("B") if arr.size else b"")
+            meta = msgpack.packb([len(buffers) - 1, dtype, list(arr.shape), origin])
+            return msgpack.ExtType(_EXT_ARRAY, meta)
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, tuple | set | frozenset):
+            return list(obj)
+        raise TypeError(f"cannot send an object of type {type(obj).__name__}")
+
+    header = msgpack.packb(
+        {"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": payload},
+        default=default,
+        use_bin_type=True,
+    )
+    return [header, *buffers]
+
+
+def peek_header(frame: bytes | memoryview) -> tuple[Header, Any]:
+    """Decode routing fields only; the payload stays packed so a relay never touches the arrays."""
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False,
+                              ext_hook=lambda code, data: msgpack.ExtType(code, data))
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise WireError(f"undecodable header ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("v") != VERSION:
+        raise WireError("not a dsim header")
+    try:
+        header = Header(str(obj["r"]), int(obj["s"]), int(obj["d"]), str(obj["k"]))
+    except (KeyError, TypeError, ValueError):
+        raise WireError("header misses routing fields") from None
+    return header, obj.get("p")
+
+
+def decode_payload(packed: Any, buffers: list) -> Any:
+    """Rebuild the payload, turning extension placeholders into views over the received frames."""
+    used: set[int] = set()
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, msgpack.ExtType):
+            return _rebuild(obj, buffers, used)
+        if isinstance(obj, list):
+            return [walk(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        return obj
+
+    payload = walk(packed)
+    if len(used) != len(buffers):
+        raise WireError(f"{len(buffers)} buffer frames but {len(used)} referenced")
+    return payload
+
+
+def _rebuild(ext: msgpack.ExtType, buffers: list, used: set[int]) -> Any:
+    if ext.code != _EXT_ARRAY:
+        raise WireError(f"unknown extension type {ext.code}")
+    try:
+        index, dtype, shape, origin = msgpack.unpackb(ext.data, raw=False)
+        index, shape = int(index), tuple(int(s) for s in shape)
+    except Exception:
+        raise WireError("bad array descriptor") from None
+    if dtype not in ALLOWED_DTYPES or not 0 <= index < len(buffers) or index in used:
+        raise WireError("bad array descriptor")
+    if any(s < 0 for s in shape):
+        raise WireError("negative array dimension")
+    used.add(index)
+    np_dtype = np.dtype("int16" if dtype == "bfloat16" else dtype)
+    buf = buffers[index]
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * np_dtype.itemsize != len(buf):
+        raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")
+    arr = np.frombuffer(buf, dtype=np_dtype, count=count).reshape(shape)
+    if origin != _TORCH:
+        return arr
+    torch = _torch()
+    if torch is None:
+        import torch  # a tensor arrived: the receiving program works with torch
+    import warnings
+
+    with warnings.catch_warnings():
+        # The frame is ours alone, so writing through the tensor is safe; torch warns about any read-only view.
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.from_numpy(arr)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def frames_size(frames: list) -> int:
+    """Bytes on the wire for a message, as counted by both ends."""
+    return sum(len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames)
+
+
+def pack_control(obj: dict) -> bytes:
+    """Control-plane messages (launcher, coordinator, workers) are plain msgpack maps."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack_control(data: bytes | memoryview) -> dict:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        raise WireError("undecodable control message") from None
+    if not isinstance(obj, dict) or "t" not in obj:
+        raise WireError("not a control message")
+    return obj

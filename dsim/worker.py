@@ -1,0 +1,254 @@
+"""A worker process: hosts one or more nodes in one asyncio loop and talks to the coordinator.
+
+Life of a worker: bind every node's socket and compute its data share -> register (addresses, data
+fingerprints) -> receive the peer table -> connect and greet every neighbour -> ready -> start barrier
+-> run the node programs while relaying and heart-beating -> answer termination queries -> stop.
+Every wait is bounded; if the coordinator goes silent the worker stops on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import networkx as nx
+import zmq
+import zmq.asyncio
+
+from dsim import wire
+from dsim.config import parse_port_range
+from dsim.errors import DsimError
+from dsim.node import Node, NodeContext
+from dsim.nodelog import NodeLog, _plain
+from dsim.program import Program
+from dsim.routing import next_hops
+from dsim.transport import Endpoint
+
+
+@dataclass
+class WorkerSpec:
+    name: str
+    ranks: list[int]
+    control: str
+    host: str
+    run_dir: Path
+    config: dict[str, Any]
+    graph: nx.Graph
+    program: Program
+    t0: float
+    threads: int
+
+
+class CoordinatorLost(Exception):
+    pass
+
+
+class Stopped(Exception):
+    pass
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the exception and where it was raised."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}{where}" if not isinstance(exc, DsimError) else text
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        cfg = spec.config
+        self.timeout = float(cfg["timeout"])
+        self.start_timeout = float(cfg["net"]["start_timeout"])
+        self.heartbeat = float(cfg["net"]["heartbeat"])
+        self.heartbeat_timeout = float(cfg["net"]["heartbeat_timeout"])
+        self.endpoints: dict[int, Endpoint] = {}
+        self.logs: dict[int, NodeLog] = {}
+        self.roles: dict[int, str] = {}
+        self.tasks: list[asyncio.Task] = []
+
+    async def run(self) -> int:
+        self.ctx = zmq.asyncio.Context()
+        self.ctx.MAX_SOCKETS = 65536
+        self.ctl = self.ctx.socket(zmq.DEALER)
+        self.ctl.setsockopt(zmq.IDENTITY, self.spec.name.encode())
+        self.ctl.setsockopt(zmq.LINGER, 2000)
+        self.ctl.connect(self.spec.control)
+        try:
+            await self._serve()
+            return 0
+        except Stopped:
+            return 0
+        except CoordinatorLost as exc:
+            print(f"dsim worker {self.spec.name}: {exc}; stopping", file=sys.stderr)
+            return 3
+        except Exception as exc:  # a runtime bug: tell the coordinator who failed and why, then exit
+            reason = f"worker {self.spec.name} crashed: {describe(exc)}"
+            print(f"dsim: {reason}\n{traceback.format_exc()}", file=sys.stderr)
+            await self._send({"t": "failed", "rank": self.spec.ranks[0], "reason": reason, "phase": "runtime"})
+            return 4
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            for ep in self.endpoints.values():
+                ep.close()
+            for log in self.logs.values():
+                log.close()
+            self.ctl.close(linger=1000)
+            self.ctx.term()
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        await self.ctl.send(wire.pack_control(msg))
+
+    async def _expect(self, kind: str, timeout: float) -> dict[str, Any]:
+        """Wait for one control message of a kind; 'tick' keeps us alive, 'stop' ends the worker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = min(deadline - loop.time(), self.heartbeat_timeout)
+            if left <= 0:
+                raise CoordinatorLost(f"no '{kind}' from the coordinator in {timeout:g} s")
+            try:
+                msg = wire.unpack_control(await asyncio.wait_for(self.ctl.recv(), left))
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise CoordinatorLost(f"no '{kind}' from the coordinator in {timeout:g} s") from None
+                raise CoordinatorLost("the coordinator went silent") from None
+            if msg["t"] == kind:
+                return msg
+            if msg["t"] == "stop":
+                raise Stopped()
+            if msg["t"] == "query":
+                await self._send(self._counts(msg))
+
+    def _counts(self, query: dict[str, Any]) -> dict[str, Any]:
+        totals = [ep.counters.total for ep in self.endpoints.values()]
+        return {
+            "t": "counts", "name": self.spec.name, "wave": query.get("wave", 0),
+            "bytes_sent": sum(t.bytes_sent for t in totals), "bytes_recv": sum(t.bytes_recv for t in totals),
+            "msgs_sent": sum(t.msgs_sent for t in totals), "msgs_recv": sum(t.msgs_recv for t in totals),
+        }
+
+    async def _serve(self) -> None:
+        spec, cfg = self.spec, self.spec.config
+        ports = parse_port_range(cfg["net"]["ports"])
+        max_bytes = int(cfg["net"]["max_message_mb"] * (1 << 20))
+        data_fp: dict[int, dict[str, str]] = {}
+        data: dict[int, Any] = {}
+        try:
+            for rank in spec.ranks:
+                role = spec.program.role_of(rank, spec.graph)
+                self.roles[rank] = role
+                log = self.logs[rank] = NodeLog(spec.run_dir / "nodes" / f"{rank}.jsonl", rank, spec.t0)
+                neighbours = tuple(sorted(spec.graph.neighbors(rank)))
+                ep = Endpoint(self.ctx, rank, neighbours, next_hops(spec.graph, rank), max_bytes,
+                              log.write)
+                self.endpoints[rank] = ep
+                address = ep.bind(spec.host, ports)
+                log.write("start", role=role, pid=os.getpid(), address=address, neighbours=list(neighbours))
+                if spec.program.uses_data:
+                    data[rank], data_fp[rank] = self._load_data(rank)
+        except Exception as exc:
+            failed = next((r for r in spec.ranks if r not in data and spec.program.uses_data), spec.ranks[0])
+            await self._send({"t": "failed", "rank": failed, "reason": describe(exc), "phase": "setup"})
+            await self._expect("stop", self.start_timeout)
+            return
+        await self._send({
+            "t": "register", "name": spec.name, "pid": os.getpid(), "ranks": spec.ranks,
+            "endpoints": {r: ep.address for r, ep in self.endpoints.items()}, "data": data_fp,
+        })
+        peers = await self._expect("peers", self.start_timeout)
+        addresses = {int(r): a for r, a in peers["endpoints"].items()}
+        for ep in self.endpoints.values():
+            ep.connect(peers["run"], addresses)
+        try:
+            await asyncio.gather(*(ep.say_hello(self.start_timeout) for ep in self.endpoints.values()))
+        except Exception as exc:
+            await self._send({"t": "failed", "rank": spec.ranks[0], "reason": describe(exc), "phase": "connect"})
+            await self._expect("stop", self.start_timeout)
+            return
+        await self._send({"t": "ready", "name": spec.name})
+        await self._expect("start", self.start_timeout)
+        for rank in spec.ranks:
+            ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank],
+                              self.logs[rank], data.get(rank))
+            node = spec.program.roles[self.roles[rank]](ctx)
+            self.tasks.append(asyncio.get_running_loop().create_task(self._run_node(node)))
+        self.tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
+        await self._control_loop()
+
+    def _load_data(self, rank: int) -> tuple[Any, dict[str, str]]:
+        from dsim.data import node_data
+
+        spec = self.spec
+        nd = node_data(spec.config["data"], num_parts=spec.program.num_parts(spec.graph),
+                       part=spec.program.data_part(rank, spec.graph), seed=int(spec.config["seed"]))
+        return nd, {"data": nd.fingerprint, "part": nd.part_fingerprint}
+
+    async def _run_node(self, node: Node) -> None:
+        log = self.logs[node.rank]
+        try:
+            result = _plain(await node.run() or {})
+            msgpack.packb(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.write("error", reason=describe(exc), traceback=traceback.format_exc())
+            await self._send({"t": "failed", "rank": node.rank, "reason": describe(exc), "phase": "run"})
+            return
+        log.write("done", result=result)
+        await self._send({"t": "done", "rank": node.rank, "result": result})
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self._send({"t": "hb", **self._counts({})})
+            await asyncio.sleep(self.heartbeat)
+
+    async def _control_loop(self) -> None:
+        while True:
+            try:
+                await self._expect("__never__", float("inf"))
+            except Stopped:
+                break
+        for task in self.tasks:
+            task.cancel()
+        nodes = {}
+        for rank, ep in self.endpoints.items():
+            stats = ep.counters.as_dict()
+            self.logs[rank].write("traffic", **stats)
+            nodes[rank] = {"role": self.roles[rank], "host": self.spec.host, **stats}
+        await self._send({"t": "final", "name": self.spec.name, "nodes": nodes})
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker if its launcher dies, so no process is ever left behind."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Entry point of a forked worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C and stops us cleanly
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(spec.threads)
+    code = asyncio.run(Worker(spec).run())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,52 @@
+"""Server/clients skeleton: the server broadcasts a request, every client replies, the server gathers.
+
+It is the shape of every one-shot and round-based server program (distillation, FedAvg); on a
+non-star topology the requests and replies are relayed, and the relays pay for it in bandwidth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dsim.node import Node
+from dsim.program import Program
+
+
+class Server(Node):
+    role = "server"
+
+    async def run(self) -> dict[str, Any]:
+        size, rounds = int(self.options["size"]), max(1, int(self.config["rounds"]))
+        answered = 0
+        for rnd in range(rounds):
+            await self.broadcast("request", {"round": rnd, "size": size}, dsts=self.clients)
+            replies = await self.gather("reply", self.clients, allow_missing=bool(self.options["allow_missing"]))
+            for src, payload in replies.items():
+                expected = np.full(size, src, dtype=np.float32)
+                if payload["round"] != rnd or not np.array_equal(payload["x"], expected):
+                    raise RuntimeError(f"server got a wrong reply from node {src} in round {rnd}")
+            answered += len(replies)
+            self.log(round=rnd, replies=len(replies))
+        return {"rounds": rounds, "replies": answered, "clients": len(self.clients)}
+
+
+class Client(Node):
+    role = "client"
+
+    async def run(self) -> dict[str, Any]:
+        rounds = max(1, int(self.config["rounds"]))
+        for _ in range(rounds):
+            request = (await self.recv("request", src=self.server)).payload
+            x = np.full(int(request["size"]), self.rank, dtype=np.float32)
+            await self.send(self.server, "reply", {"round": request["round"], "x": x})
+        return {"rounds": rounds}
+
+
+PROGRAM = Program(
+    name="gather",
+    roles={"server": Server, "client": Client},
+    needs_server=True,
+    defaults={"size": 1000, "allow_missing": False},
+)
