@@ -14,6 +14,7 @@ from dsim.program import Program
 PROGRAMS: dict[str, str] = {
     "gossip": "dsim.nodes.gossip",
     "gather": "dsim.nodes.gather",
+    "exchange": "dsim.nodes.exchange",
 }
 
 

@@ -21,14 +21,11 @@ import torch
 
 from dsim.data.datasets import DATASETS, Dataset, load_dataset
 from dsim.data.partition import PARTITIONERS, label_counts, partition_indices
+from dsim.config import DATA_DEFAULTS
 from dsim.errors import DsimError
 
 __all__ = ["DATA_DEFAULTS", "NodeData", "data_config", "partition_fingerprint", "label_counts", "node_data", "partition_for"]
 
-DATA_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits", "data_dir": "", "download": False, "partition": "iid", "shards": 2,
-    "beta": 0.5, "min_size": 10, "class_floor": 0, "val_fraction": 0.1,
-}
 _PARAMS = {"iid": (), "shard": ("shards",), "dirichlet": ("beta", "min_size", "class_floor")}
 
 
