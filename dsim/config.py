@@ -140,16 +140,16 @@ def resolve(
     sets: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Build the resolved config. The program's own table joins once the algorithm is known."""
-    from dsim.programs import program_defaults  # the program decides its table
+    from dsim.programs import load_program  # the program decides its table
 
     cfg = copy.deepcopy(DEFAULTS)
     file_cfg = load_toml(file) if file else {}
     sets = list(sets)
     algorithm = _pick_algorithm(file_cfg, flags or {}, sets)
     cfg["algorithm"] = algorithm
-    table = program_defaults(algorithm)
-    if table:
-        cfg[algorithm] = copy.deepcopy(table)
+    program = load_program(algorithm)
+    if program.defaults:
+        cfg[program.name] = copy.deepcopy(dict(program.defaults))
     merge(cfg, file_cfg)
     merge(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     for assignment in sets:

@@ -291,8 +291,9 @@ class Coordinator:
 
         def alive_missing() -> list[str]:
             local = {p.name: p for p in self.local}
+            # A worker that exited cleanly sent its final report before exiting: wait for it.
             return [n for n in self.identities if n not in self.finals
-                    and not (n in local and local[n].process.exitcode is not None)]
+                    and not (n in local and local[n].process.exitcode not in (None, 0))]
 
         try:
             await self._pump(lambda: not alive_missing(), min(10.0, self.heartbeat_timeout),

@@ -34,6 +34,7 @@ class NodeContext:
     config: dict[str, Any]
     endpoint: Endpoint
     log: NodeLog
+    options: dict[str, Any]
     data: Any = None
 
 
@@ -74,8 +75,8 @@ class Node:
 
     @property
     def options(self) -> dict[str, Any]:
-        """This program's own config table (config[algorithm])."""
-        return self._ctx.config.get(self._ctx.config["algorithm"], {})
+        """This program's own config table, e.g. config["gossip"]."""
+        return self._ctx.options
 
     @property
     def data(self) -> Any:

@@ -1,13 +1,12 @@
 """Registry of node programs: `--algorithm NAME` -> the module in dsim.nodes that defines PROGRAM.
 
-Modules are imported only when chosen, so a gossip run never imports torch.
+Modules are imported only when chosen, so a gossip run never imports torch. A researcher's own
+program needs no registration: `--algorithm my_package.my_module` imports that module's PROGRAM.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
-
 from dsim.errors import DsimError
 from dsim.program import Program
 
@@ -19,10 +18,16 @@ PROGRAMS: dict[str, str] = {
 
 
 def load_program(name: str) -> Program:
-    if name not in PROGRAMS:
-        raise DsimError(f"unknown algorithm '{name}' (choose from: {', '.join(sorted(PROGRAMS))})")
-    return importlib.import_module(PROGRAMS[name]).PROGRAM
-
-
-def program_defaults(name: str) -> dict[str, Any]:
-    return dict(load_program(name).defaults)
+    module = PROGRAMS.get(name, name if "." in name else None)
+    if module is None:
+        raise DsimError(f"unknown algorithm '{name}' (choose from: {', '.join(sorted(PROGRAMS))}, "
+                        f"or a module path defining PROGRAM)")
+    try:
+        program = importlib.import_module(module).PROGRAM
+    except ModuleNotFoundError as exc:
+        raise DsimError(f"cannot import node program module '{module}': {exc}") from None
+    except AttributeError:
+        raise DsimError(f"module '{module}' defines no PROGRAM") from None
+    if not isinstance(program, Program):
+        raise DsimError(f"{module}.PROGRAM is not a dsim.program.Program")
+    return program

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dsim.errors import DsimError
 from dsim.ml.dm import (
@@ -28,9 +29,10 @@ SIZE = 8
 
 
 def make_data(per_class: int, classes: int = 3, seed: int = 0, channels: int = 1):
-    """Class-conditional data: a fixed random prototype per class plus noise."""
+    """Class-conditional data: a fixed smooth random prototype per class plus noise."""
     gen = torch.Generator().manual_seed(seed)
-    protos = torch.randn(classes, channels, SIZE, SIZE, generator=torch.Generator().manual_seed(99))
+    coarse = torch.randn(classes, channels, 4, 4, generator=torch.Generator().manual_seed(99))
+    protos = 2 * F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     y = torch.arange(classes).repeat_interleave(per_class)
     x = protos[y] + 0.5 * torch.randn(len(y), channels, SIZE, SIZE, generator=gen)
     return x, y
@@ -61,7 +63,9 @@ def test_expand_splits_blocks_block_major_and_tiles_labels():
     assert out.shape == (8, 1, 8, 8)
     assert out_labels.tolist() == [5, 7, 5, 7, 5, 7, 5, 7]
     expected = [1, 10, 2, 20, 3, 30, 4, 40]  # block 0 of each image, then block 1, ...
-    assert torch.allclose(out, torch.tensor(expected, dtype=torch.float).view(8, 1, 1, 1).expand_as(out))
+    assert torch.allclose(
+        out, torch.tensor(expected, dtype=torch.float).view(8, 1, 1, 1).expand_as(out)
+    )
 
 
 def test_pack_is_the_inverse_layout_of_expand_and_expand_is_differentiable():
@@ -127,11 +131,13 @@ def test_distill_dm_lowers_the_matching_loss_and_is_deterministic():
     init_y = torch.arange(3).repeat_interleave(3)
     seen = []
     kwargs = {"iterations": 30, "batch_real": 32, "model": MODEL, "dsa_strategy": STRATEGY}
-    out = distill_dm(init_x, init_y, real_x, real_y, seed=7, progress=lambda i, v: seen.append(v), **kwargs)
+    out = distill_dm(
+        init_x, init_y, real_x, real_y, seed=7, progress=lambda i, v: seen.append(v), **kwargs
+    )
     assert len(seen) == 30 and out.shape == init_x.shape
     before = heldout_dm_loss(init_x, init_y, real_x, real_y)
     after = heldout_dm_loss(out, init_y, real_x, real_y)
-    assert after < 0.5 * before
+    assert after < 0.3 * before
     assert sum(seen[-5:]) < sum(seen[:5])
     assert torch.equal(out, distill_dm(init_x, init_y, real_x, real_y, seed=7, **kwargs))
     assert not torch.equal(out, distill_dm(init_x, init_y, real_x, real_y, seed=8, **kwargs))
@@ -173,8 +179,8 @@ def test_client_means_follow_the_seed_and_class_augmentation_contract():
     seeds = [5, 17]
     kwargs = {"batch": 64, "model": MODEL, "dsa_strategy": STRATEGY}  # batch >= class size
     means = client_mean_embeddings(real_x, real_y, seeds, 3, **kwargs)
-    assert means.shape == (2, 3, 16)
-    assert torch.equal(means[:, 1], torch.zeros(2, 16))  # absent class: zero row
+    assert means.shape == (2, 3, 64)  # width 16 x 2 x 2
+    assert torch.equal(means[:, 1], torch.zeros(2, 64))  # absent class: zero row
     assert class_counts(real_y, 3).tolist() == [12, 0, 12]
     for t, seed in enumerate(seeds):
         net = frozen_net(MODEL, 1, 3, SIZE, seed)
@@ -197,7 +203,9 @@ def test_server_reproduces_client_augmentation_exactly():
 def test_aggregate_client_means_averages_over_clients_having_the_class():
     a = torch.tensor([[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
     b = torch.tensor([[3.0, 3.0], [0.0, 0.0], [0.0, 0.0]])
-    target, present = aggregate_client_means([a, b], [torch.tensor([4, 5, 0]), torch.tensor([1, 0, 0])])
+    target, present = aggregate_client_means(
+        [a, b], [torch.tensor([4, 5, 0]), torch.tensor([1, 0, 0])]
+    )
     assert target.tolist() == [[2.0, 2.0], [2.0, 2.0], [0.0, 0.0]]
     assert present.tolist() == [True, True, False]
 
@@ -206,7 +214,7 @@ def test_server_refine_reduces_the_collabdm_loss_and_skips_missing_classes():
     seeds = [21, 22, 23, 24, 25, 26]
     clients = [make_data(20, seed=s) for s in (11, 12)]
     targets, present = {}, {}
-    for t, seed in enumerate(seeds):
+    for seed in seeds:
         per_client = [
             client_mean_embeddings(x, y, [seed], 3, batch=20, model=MODEL, dsa_strategy=STRATEGY)[0]
             for x, y in clients
@@ -222,8 +230,10 @@ def test_server_refine_reduces_the_collabdm_loss_and_skips_missing_classes():
     losses = []
     refined = syn_x
     for _ in range(4):  # several passes over the seeds
-        refined = server_refine(refined, syn_y, targets, lr=1.0, progress=lambda i, v: losses.append(v), **kwargs)
+        refined = server_refine(
+            refined, syn_y, targets, lr=1.0, progress=lambda i, v: losses.append(v), **kwargs
+        )
     after = collab_objective(refined, syn_y, targets, **kwargs)
     assert len(losses) == 4 * len(seeds)
-    assert after < 0.7 * before
+    assert after < 0.3 * before
     assert torch.equal(refined[4:], syn_x[4:])

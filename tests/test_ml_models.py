@@ -38,7 +38,7 @@ def test_cifar_convnet_has_2048_features():
 
 
 @pytest.mark.parametrize(
-    ("size", "depth", "side"), [(4, 2, 1), (8, 3, 1), (16, 3, 2), (28, 3, 4), (32, 3, 4)]
+    ("size", "depth", "side"), [(4, 1, 2), (8, 2, 2), (16, 3, 2), (28, 3, 4), (32, 3, 4)]
 )
 def test_small_images_cap_the_depth_and_embedding_dim_is_predicted(size, depth, side):
     cfg = {"width": 8}

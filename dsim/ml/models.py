@@ -105,7 +105,7 @@ def _plan(image_size: int, depth: int, pool: str) -> tuple[list[int], int]:
     while len(paddings) < depth:
         padding = 3 if not paddings and image_size == 28 else 1
         conv_side = side + 2 * padding - 2
-        if paddings and conv_side < 2:
+        if paddings and conv_side < 4:  # instance norm over < 4x4 values carries ~no signal
             break
         paddings.append(padding)
         side = conv_side // 2 if pool != "none" else conv_side
@@ -116,10 +116,11 @@ class ConvNet(nn.Module):
     """`depth` blocks of Conv3x3(width) -> norm -> act -> pool 2x2, then one Linear.
 
     Sizes: a 28x28 input gets padding 3 in the first conv (28 -> 32, as the reference does for
-    MNIST), so MNIST and CIFAR both end at width x 4 x 4 = 2048 features. Small inputs (e.g. 8x8
-    digits) keep padding 1, and the number of blocks is capped so that every block's norm sees a
-    map of at least 2x2 and the final map is at least 1x1: 8x8 -> 3 blocks -> 1x1 (128 features),
-    4x4 -> 2 blocks. `effective_depth` tells how many blocks were built.
+    MNIST), so MNIST and CIFAR both end at width x 4 x 4 = 2048 features. Other inputs keep
+    padding 1. Small inputs get fewer blocks: a block is only added while its norm sees a map of
+    at least 4x4 (normalising 2x2 maps leaves almost no signal, DM stops learning), so the last map
+    is at least 2x2: 16x16 -> 3 blocks, 8x8 digits -> 2 blocks (width x 2 x 2), 4x4 -> 1 block.
+    `effective_depth` tells how many blocks were built.
     """
 
     def __init__(

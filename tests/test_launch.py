@@ -1,0 +1,220 @@
+"""`dsim launch` end to end with real processes and sockets on this machine."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from conftest import REPO, dsim_script, node_events, run_dsim, summary
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    """Poll a condition on files written by a running launch (not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("topology, extra", [("ring", []), ("regular", ["--set", "graph.degree=4"])])
+def test_gossip_reaches_consensus(tmp_path, topology, extra) -> None:
+    out = tmp_path / "run"
+    res = run_dsim("launch", "--nodes", "8", "--topology", topology, "--algorithm", "gossip", "--out", str(out),
+                   "--set", "rounds=80", "--set", "gossip.dim=64", *extra)
+    assert res.returncode == 0, res.stderr
+    s = summary(out)
+    assert s["status"] == "ok"
+    assert s["results"]["mean_start_error"] > 1.0
+    assert s["results"]["max_error"] < 1e-4 * s["results"]["mean_start_error"]
+    rows = read_csv(out / "bandwidth.csv")
+    assert len(rows) == 8
+    assert sum(int(r["bytes_sent"]) for r in rows) == sum(int(r["bytes_recv"]) for r in rows)
+    assert (out / "config.toml").exists() and all((out / "nodes" / f"{r}.jsonl").exists() for r in range(8))
+    metrics = [e for e in node_events(out, 3) if e["event"] == "metric"]
+    assert len(metrics) == 80 and metrics[-1]["error"] < metrics[0]["error"]
+
+
+def test_relays_count_the_bytes_they_forward(tmp_path) -> None:
+    out = tmp_path / "run"
+    res = run_dsim("launch", "--nodes", "5", "--topology", "ring", "--algorithm", "gather", "--out", str(out),
+                   "--set", "rounds=2", "--set", "gather.size=1000", "--nodes-per-process", "2")
+    assert res.returncode == 0, res.stderr
+    rows = {int(r["rank"]): r for r in read_csv(out / "bandwidth.csv")}
+    # ring 0-1-2-3-4-5-0, server 0: shortest paths (ties broken by the lower neighbour) are
+    # 0-1-2-3 and 0-5-4, so 1 and 2 relay for 3, 5 relays for 4, and 3 and 4 relay nothing
+    for rank in (1, 2, 5):
+        assert int(rows[rank]["bytes_relayed"]) > 0
+    assert int(rows[3]["bytes_relayed"]) == int(rows[4]["bytes_relayed"]) == 0
+    assert int(rows[2]["bytes_sent"]) > int(rows[3]["bytes_sent"])
+    assert sum(int(r["bytes_sent"]) for r in rows.values()) == sum(int(r["bytes_recv"]) for r in rows.values())
+    by_kind = read_csv(out / "bandwidth_by_kind.csv")
+    relayed_replies = [r for r in by_kind if r["rank"] == "1" and r["kind"] == "reply"]
+    assert relayed_replies and int(relayed_replies[0]["bytes_sent"]) > 3 * 4000
+    assert summary(out)["results"]["replies"] == 10
+
+
+def launch_background(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([dsim_script(), "launch", "--out", str(out), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    return proc, out
+
+
+def test_garbage_on_a_node_port_is_dropped_and_logged(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    proc, out = launch_background(tmp_path, "--nodes", "3", "--topology", "ring", "--algorithm",
+                                  "testprogs.resilient", "--set", "resilient.drops=3",
+                                  "--set", "net.max_message_mb=0.01", env=env)
+    try:
+        start = wait_for(lambda: [e for e in node_events(out, 0) if e["event"] == "start"], what="node 0 start")
+        address = start[0]["address"]
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as raw:  # not even ZeroMQ: the handshake fails
+            raw.sendall(os.urandom(4096))
+        ctx = zmq.Context()
+        intruder = ctx.socket(zmq.DEALER)
+        intruder.setsockopt(zmq.LINGER, 1000)
+        intruder.connect(address)
+        intruder.send_multipart([os.urandom(64)])  # garbled header
+        other_run = msgpack.packb({"v": 1, "r": "another", "s": 1, "d": 0, "k": "ping", "p": None})
+        intruder.send_multipart([other_run])  # a frame of another run
+        intruder.send_multipart([other_run, b"x" * 6000, b"y" * 6000])  # over the 10 KB limit
+        intruder.close()
+        ctx.term()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    reasons = [e["reason"] for e in node_events(out, 0) if e["event"] == "dropped"]
+    assert any("undecodable" in r for r in reasons), reasons
+    assert any("another run" in r for r in reasons), reasons
+    assert any("too large" in r for r in reasons), reasons
+    assert summary(out)["status"] == "ok"
+
+
+def test_killing_a_node_fails_the_run_naming_it_and_leaves_nothing(tmp_path) -> None:
+    proc, out = launch_background(tmp_path, "--nodes", "4", "--topology", "ring", "--algorithm", "gossip",
+                                  "--set", "rounds=1000000", "--set", "gossip.dim=8")
+    try:
+        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 2)) >= 5, what="node 2 running")
+        pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(4)}
+        os.kill(pids[2], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "node 2" in stderr and "SIGKILL" in stderr
+    s = summary(out)
+    assert s["status"] == "failed" and s["failures"][0]["ranks"] == [2]
+    for pid in pids.values():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_two_runs_side_by_side(tmp_path) -> None:
+    procs = [launch_background(tmp_path / str(i), "--nodes", "4", "--topology", "ring", "--algorithm",
+                               "gossip", "--set", "rounds=200", "--set", "gossip.dim=16") for i in range(2)]
+    for proc, out in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert summary(out)["results"]["max_error"] < 1e-6
+    assert summary(procs[0][1])["run_id"] != summary(procs[1][1])["run_id"]
+
+
+def test_two_machines_from_one_hosts_file(tmp_path) -> None:
+    """Two launchers, each a 'machine' on its own loopback address, run one experiment together."""
+    hosts = tmp_path / "hosts"
+    port = free_port()
+    hosts.write_text("127.0.0.1 slots=3\n127.0.0.2 slots=3\n")
+    common = ["--nodes", "5", "--topology", "ring", "--algorithm", "gather", "--hosts", str(hosts),
+              "--set", f"net.master_port={port}", "--set", "rounds=2"]
+    procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i)) for i in range(2)]
+    for proc, _ in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    s0, s1 = summary(procs[0][1]), summary(procs[1][1])
+    assert s0["status"] == s1["status"] == "ok" and s0["results"]["replies"] == 10
+    hosts_of = {r["rank"]: r["host"] for r in read_csv(procs[0][1] / "bandwidth.csv")}
+    assert hosts_of["0"] == "127.0.0.1" and hosts_of["5"] == "127.0.0.2"
+    assert (procs[1][1] / "nodes" / "4.jsonl").exists() and not (procs[1][1] / "nodes" / "0.jsonl").exists()
+
+
+def test_machines_with_different_settings_refuse_to_start(tmp_path) -> None:
+    hosts = tmp_path / "hosts"
+    port = free_port()
+    hosts.write_text("127.0.0.1 slots=2\n127.0.0.2 slots=2\n")
+    common = ["--nodes", "4", "--topology", "ring", "--algorithm", "gossip", "--hosts", str(hosts),
+              "--set", f"net.master_port={port}"]
+    procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i), "--set", f"rounds={3 + i}")
+             for i in range(2)]
+    errors = []
+    for proc, _ in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        errors.append(stderr)
+    assert all("rounds=4 (here 3)" in e for e in errors), errors
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_port_range_in_use_is_refused(tmp_path) -> None:
+    blockers = []
+    base = free_port()
+    try:
+        for port in range(base, base + 3):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            blockers.append(s)
+        res = run_dsim("launch", "--nodes", "4", "--topology", "ring", "--algorithm", "gossip",
+                       "--set", f"net.ports={base}-{base + 2}", "--out", str(tmp_path / "r"))
+    finally:
+        for s in blockers:
+            s.close()
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "port range" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--topology", "nope"], "unknown topology"),
+    (["--nodes", "0"], "at least 1"),
+    (["--algorithm", "nope"], "unknown algorithm"),
+    (["--hosts", "BADHOSTS"], "expected 'HOST slots=N'"),
+    (["--topology", "DISCONNECTED"], "disconnected"),
+    (["--set", "rounds=x"], "expects int"),
+    (["--config", "MISSING.toml"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
+    (tmp_path / "hosts").write_text("localhost slots=two\n")
+    (tmp_path / "g.edges").write_text("4\n0 1\n2 3\n")
+    args = [a.replace("BADHOSTS", str(tmp_path / "hosts")).replace("DISCONNECTED", str(tmp_path / "g.edges"))
+            .replace("MISSING.toml", str(tmp_path / "missing.toml")) for a in args]
+    algorithm = [] if "--algorithm" in args else ["--algorithm", "gossip"]
+    res = run_dsim("launch", *algorithm, *args, "--out", str(tmp_path / "r"))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("dsim: error:") and res.stderr.count("\n") == 1, res.stderr
+    assert message in res.stderr.lower() or message in res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,61 @@
+"""Wire format: arrays travel as raw frames beside a msgpack header; garbage is refused, never unpickled."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from dsim import wire
+
+
+def roundtrip(payload):
+    frames = wire.encode("run1", 3, 7, "model", payload)
+    header, packed = wire.peek_header(bytes(frames[0]))
+    assert header == wire.Header("run1", 3, 7, "model")
+    return frames, wire.decode_payload(packed, [bytes(f) for f in frames[1:]])
+
+
+def test_arrays_travel_as_their_own_frames() -> None:
+    x = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    frames, out = roundtrip({"x": x, "round": 4, "name": "a", "nested": [x[:2], {"k": 1.5}]})
+    assert len(frames) == 3  # header + one frame per array
+    assert len(frames[0]) < 200  # the header does not carry the array bytes
+    assert wire.frames_size(frames) == len(frames[0]) + x.nbytes + x[:2].nbytes
+    np.testing.assert_array_equal(out["x"], x)
+    np.testing.assert_array_equal(out["nested"][0], x[:2])
+    assert out["round"] == 4 and out["nested"][1] == {"k": 1.5}
+
+
+def test_torch_tensors_come_back_as_tensors_including_bfloat16() -> None:
+    t = torch.randn(3, 4)
+    b = torch.randn(5).to(torch.bfloat16)
+    _, out = roundtrip({"t": t, "b": b, "nc": t.t()})
+    assert isinstance(out["t"], torch.Tensor) and torch.equal(out["t"], t)
+    assert out["b"].dtype == torch.bfloat16 and torch.equal(out["b"], b)
+    assert torch.equal(out["nc"], t.t())  # non-contiguous input is sent contiguous
+
+
+def test_objects_that_are_not_data_are_refused() -> None:
+    with pytest.raises(TypeError):
+        wire.encode("r", 0, 1, "k", {"f": object()})
+    with pytest.raises(TypeError):
+        wire.encode("r", 0, 1, "k", np.array(["a", "b"], dtype=object))
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x00\x01garbage", msgpack.packb([1, 2]), msgpack.packb({"v": 99})])
+def test_garbled_headers_raise_wire_error(frame: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.peek_header(frame)
+
+
+def test_buffer_that_does_not_match_its_descriptor_is_refused() -> None:
+    frames = wire.encode("r", 0, 1, "k", {"x": np.zeros(10, dtype=np.float64)})
+    _, packed = wire.peek_header(bytes(frames[0]))
+    with pytest.raises(wire.WireError):
+        wire.decode_payload(packed, [b"\x00" * 79])
+    with pytest.raises(wire.WireError):
+        wire.decode_payload(packed, [])
+    with pytest.raises(wire.WireError):
+        wire.decode_payload(packed, [bytes(frames[1]), b"extra"])

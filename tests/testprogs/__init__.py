@@ -1,0 +1,1 @@
+"""Node programs used only by the tests (run as `--algorithm testprogs.<module>` with tests/ on PYTHONPATH)."""
