@@ -34,7 +34,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "nodes": 10,
     "topology": "star",
-    "algorithm": "gather",
+    "algorithm": "collabdm",
     "seed": 0,
     "rounds": 10,
     "out": "",
@@ -149,7 +149,7 @@ def resolve(
     cfg["algorithm"] = algorithm
     program = load_program(algorithm)
     if program.defaults:
-        cfg[program.name] = copy.deepcopy(dict(program.defaults))
+        cfg[program.options_table] = copy.deepcopy(dict(program.defaults))
     merge(cfg, file_cfg)
     merge(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     for assignment in sets:

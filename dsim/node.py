@@ -119,18 +119,29 @@ class Node:
 
         With allow_missing, sources silent past the timeout are left out and logged instead of failing.
         """
+        messages = await self.gather_messages(kind, srcs, timeout, allow_missing)
+        return {src: msg.payload for src, msg in messages.items()}
+
+    async def gather_messages(
+        self,
+        kind: str,
+        srcs: Iterable[int] | None = None,
+        timeout: float | None = None,
+        allow_missing: bool = False,
+    ) -> dict[int, Message]:
+        """Like `gather`, keeping each whole Message (source, size in bytes, payload)."""
         sources = list(self.neighbours if srcs is None else srcs)
         results = await asyncio.gather(
             *(self.recv(kind, s, timeout) for s in sources), return_exceptions=True
         )
-        out: dict[int, Any] = {}
+        out: dict[int, Message] = {}
         for src, res in zip(sources, results, strict=True):
             if isinstance(res, NodeTimeout) and allow_missing:
                 self.log_event("missing", kind=kind, src=src)
             elif isinstance(res, BaseException):
                 raise res
             else:
-                out[src] = res.payload
+                out[src] = res
         return out
 
     # --- computation and logging ---------------------------------------------------------------

@@ -24,7 +24,12 @@ class Program:
     needs_server: bool = False
     uses_data: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    table: str = ""  # config table holding `defaults`; programs that share options share a table
     summarize: Callable[[Mapping[int, dict[str, Any]], nx.Graph], dict[str, Any]] = server_result
+
+    @property
+    def options_table(self) -> str:
+        return self.table or self.name
 
     def role_of(self, rank: int, graph: nx.Graph) -> str:
         """'server' for the graph's server when the program has one; otherwise the single peer role."""

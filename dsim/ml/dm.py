@@ -38,6 +38,9 @@ ProgressFn = Callable[[int, float], None]
 LossFn = Callable[..., torch.Tensor]
 
 _SAMPLING_STREAM = -1  # derive_seed(seed, -1) seeds the real-batch sampler
+CHUNK = 32
+"""Images per forward call. Class-agnostic chunks of ~32 images keep a ConvNet-3's activations in
+cache: measured ~1.4x more images/s on this 2-core CPU than one 2,560-image call."""
 
 
 # ---------------------------------------------------------------- data helpers
@@ -167,7 +170,7 @@ def real_class_stats(
     strategy: str | None,
     *,
     with_std: bool = False,
-    chunk: int = 1024,
+    chunk: int = CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (and std) embedding of each part under siamese DSA; no autograd at all."""
     with torch.no_grad():
@@ -182,9 +185,11 @@ def syn_class_stats(
     strategy: str | None,
     *,
     with_std: bool = False,
+    chunk: int = CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean (and std) embedding of each synthetic part, one forward pass, differentiable."""
-    emb = net.embed(_augment_parts(parts, strategy, aug_seeds))
+    """Mean (and std) embedding of each synthetic part, one pass in chunks, differentiable."""
+    x = _augment_parts(parts, strategy, aug_seeds)
+    emb = torch.cat([net.embed(x[i : i + chunk]) for i in range(0, len(x), chunk)])
     return _segment_stats(emb, [len(p) for p in parts], with_std)
 
 
@@ -196,13 +201,15 @@ def dm_loss(
     strategy: str | None,
     *,
     match_std: bool = False,
-    chunk: int = 1024,
+    chunk: int = CHUNK,
 ) -> torch.Tensor:
     """DM loss of one network, batched over classes (part k of real/syn/seeds = one class)."""
     real_mean, real_std = real_class_stats(
         net, real_parts, aug_seeds, strategy, with_std=match_std, chunk=chunk
     )
-    syn_mean, syn_std = syn_class_stats(net, syn_parts, aug_seeds, strategy, with_std=match_std)
+    syn_mean, syn_std = syn_class_stats(
+        net, syn_parts, aug_seeds, strategy, with_std=match_std, chunk=chunk
+    )
     loss = ((real_mean - syn_mean) ** 2).sum()
     if match_std:
         loss = loss + ((real_std - syn_std) ** 2).sum()
@@ -250,7 +257,7 @@ def distill_dm(
     pae_factor: int | None = None,
     match_std: bool = False,
     progress: ProgressFn | None = None,
-    chunk: int = 1024,
+    chunk: int = CHUNK,
 ) -> torch.Tensor:
     """Distill (real_x, real_y) into the synthetic images `init_x` (labels `init_y`) by DM.
 
@@ -363,7 +370,7 @@ def client_mean_embeddings(
     model: ModelSpec = "convnet",
     dsa_strategy: str | None = DEFAULT_STRATEGY,
     sample_seed: int = 0,
-    chunk: int = 1024,
+    chunk: int = CHUNK,
 ) -> torch.Tensor:
     """Client side of CollabDM: Tensor[len(seeds), num_classes, emb_dim] of mean real embeddings.
 
