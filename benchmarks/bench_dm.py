@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from dsim.ml.dm import (
+    CHUNK,
     _class_index,
     _sample_batches,
     client_mean_embeddings,
@@ -51,10 +52,32 @@ def per_class_client_means(real_x, real_y, seeds, batch, sample_seed=0) -> torch
     return torch.stack(out)
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, result); CPU time is less hurt by a shared machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def run_variants(variants, repeats: int, work: float) -> tuple[dict, dict]:
+    """Time every variant `repeats` times, interleaved; rate = work / median seconds."""
+    samples: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in variants}
+    outputs = {}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            wall, cpu, outputs[name] = timed(fn)
+            samples[name]["wall"].append(wall)
+            samples[name]["cpu"].append(cpu)
+    stats = {
+        name: {
+            "wall_s": s["wall"],
+            "cpu_s": s["cpu"],
+            "rate_wall": work / statistics.median(s["wall"]),
+            "rate_cpu": work / statistics.median(s["cpu"]),
+        }
+        for name, s in samples.items()
+    }
+    return stats, outputs
 
 
 def main() -> None:
@@ -63,7 +86,7 @@ def main() -> None:
         "--batch-real", type=int, default=256, help="real images per class per DM step"
     )
     parser.add_argument("--iterations", type=int, default=2, help="DM iterations per timed run")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each variant")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each variant")
     parser.add_argument(
         "--mean-batch", type=int, default=256, help="client-mean real batch per class"
     )
@@ -77,81 +100,80 @@ def main() -> None:
     real_x = torch.randn(CLASSES * per_class, 1, SIZE, SIZE, generator=gen)
     real_y = torch.arange(CLASSES).repeat_interleave(per_class)
     syn_x, syn_y = init_from_real(real_x, real_y, IPC, seed=0)
-    dm_kwargs = {
-        "iterations": args.iterations,
-        "batch_real": args.batch_real,
-        "dsa_strategy": STRATEGY,
-    }
+    dm_kw = {"iterations": args.iterations, "batch_real": args.batch_real, "dsa_strategy": STRATEGY}
     distill_dm(syn_x, syn_y, real_x, real_y, iterations=1, batch_real=8)  # warm-up
+    whole = 10**9  # chunk larger than any batch: literally one forward call per pass
 
-    dm_times: dict[str, list[float]] = {"batched": [], "per_class_loop": []}
-    outputs = {}
-    for rep in range(args.repeats):
-        for name, fn in (("batched", distill_dm), ("per_class_loop", distill_dm_per_class_loop)):
-            dt, outputs[name] = timed(
-                lambda fn=fn, rep=rep: fn(syn_x, syn_y, real_x, real_y, seed=rep, **dm_kwargs)
-            )
-            dm_times[name].append(dt / args.iterations)
-    dm_diff = float((outputs["batched"] - outputs["per_class_loop"]).abs().max())
-
+    dm_stats, dm_out = run_variants(
+        {
+            "batched": lambda: distill_dm(syn_x, syn_y, real_x, real_y, **dm_kw),
+            "batched_one_call": lambda: distill_dm(
+                syn_x, syn_y, real_x, real_y, chunk=whole, **dm_kw
+            ),
+            "per_class_loop": lambda: distill_dm_per_class_loop(
+                syn_x, syn_y, real_x, real_y, **dm_kw
+            ),
+        },
+        args.repeats,
+        args.iterations,
+    )
     seeds = list(range(1, args.mean_seeds + 1))
-    images = len(seeds) * CLASSES * args.mean_batch
-    mean_times: dict[str, list[float]] = {"batched": [], "per_class_loop": []}
-    means = {}
-    for _ in range(args.repeats):
-        dt, means["batched"] = timed(
-            lambda: client_mean_embeddings(
-                real_x, real_y, seeds, CLASSES, batch=args.mean_batch, dsa_strategy=STRATEGY
-            )
-        )
-        mean_times["batched"].append(dt)
-        dt, means["per_class_loop"] = timed(
-            lambda: per_class_client_means(real_x, real_y, seeds, args.mean_batch)
-        )
-        mean_times["per_class_loop"].append(dt)
-    mean_diff = float((means["batched"] - means["per_class_loop"]).abs().max())
+    mean_kw = {"batch": args.mean_batch, "dsa_strategy": STRATEGY}
+    mean_stats, mean_out = run_variants(
+        {
+            "batched": lambda: client_mean_embeddings(real_x, real_y, seeds, CLASSES, **mean_kw),
+            "batched_one_call": lambda: client_mean_embeddings(
+                real_x, real_y, seeds, CLASSES, chunk=whole, **mean_kw
+            ),
+            "per_class_loop": lambda: per_class_client_means(
+                real_x, real_y, seeds, args.mean_batch
+            ),
+        },
+        args.repeats,
+        len(seeds) * CLASSES * args.mean_batch,
+    )
+
+    def max_diff(outs: dict) -> float:
+        return max(float((o - outs["per_class_loop"]).abs().max()) for o in outs.values())
 
     result = {
         "config": {
-            "shape": [1, SIZE, SIZE], "classes": CLASSES, "ipc": IPC, "model": "convnet (width 128, depth 3, instancenorm)",
-            "dsa_strategy": STRATEGY, "batch_real_per_class": args.batch_real,
-            "dm_iterations_per_run": args.iterations, "repeats": args.repeats,
-            "client_mean_batch_per_class": args.mean_batch, "client_mean_seeds": len(seeds),
-            "torch_threads": args.threads, "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "loadavg_at_end": list(os.getloadavg()),
+            "shape": [1, SIZE, SIZE], "classes": CLASSES, "ipc": IPC,
+            "model": "convnet (width 128, depth 3, instancenorm)", "dsa_strategy": STRATEGY,
+            "batch_real_per_class": args.batch_real, "dm_iterations_per_run": args.iterations,
+            "repeats": args.repeats, "client_mean_batch_per_class": args.mean_batch,
+            "client_mean_seeds": len(seeds), "chunk_batched": CHUNK, "torch_threads": args.threads,
+            "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "loadavg_at_end": list(os.getloadavg()),
         },
-        "dm": {
-            name: {
-                "seconds_per_iteration": times,
-                "iterations_per_s_median": 1.0 / statistics.median(times),
-            }
-            for name, times in dm_times.items()
+        "dm_iterations_per_s": dm_stats,
+        "client_mean_images_per_s": mean_stats,
+        "max_abs_diff_vs_per_class_loop": {
+            "dm_images": max_diff(dm_out), "client_means": max_diff(mean_out),
         },
-        "client_means": {
-            name: {"seconds": times, "images_per_s_median": images / statistics.median(times)}
-            for name, times in mean_times.items()
-        },
-        "max_abs_diff": {"dm_images": dm_diff, "client_means": mean_diff},
+        "dm_update_max_abs": float((dm_out["per_class_loop"] - syn_x).abs().max()),
     }  # fmt: skip
-    for section in ("dm", "client_means"):
-        key = "iterations_per_s_median" if section == "dm" else "images_per_s_median"
-        result[section]["speedup"] = (
-            result[section]["batched"][key] / result[section]["per_class_loop"][key]
-        )
     out = Path(__file__).resolve().parent / "results" / "dm.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"DM on 1x{SIZE}x{SIZE}, {CLASSES} classes, IPC {IPC}, real batch {args.batch_real}/class, "
-          f"{args.threads} thread(s)")  # fmt: skip
-    print(f"{'measure':<28}{'batched':>12}{'per-class':>12}{'speedup':>9}")
-    for section, key, label in (
-        ("dm", "iterations_per_s_median", "DM iterations/s"),
-        ("client_means", "images_per_s_median", "client means images/s"),
-    ):
-        b, p = result[section]["batched"][key], result[section]["per_class_loop"][key]
-        print(f"{label:<28}{b:>12.3f}{p:>12.3f}{b / p:>9.2f}")
-    print(f"max |diff| DM images {dm_diff:.2e}, client means {mean_diff:.2e}; wrote {out}")
+    print(
+        f"DM on 1x{SIZE}x{SIZE}, {CLASSES} classes, IPC {IPC}, real batch {args.batch_real}/class, "
+        f"{args.threads} thread(s), median of {args.repeats}; rates by wall / by process CPU time"
+    )
+    print(f"{'measure':<24}{'variant':<18}{'wall':>10}{'cpu':>10}{'x loop':>8}")
+    for label, stats in (("DM iterations/s", dm_stats), ("client means images/s", mean_stats)):
+        base = stats["per_class_loop"]["rate_cpu"]
+        for name, st in stats.items():
+            ratio = st["rate_cpu"] / base
+            print(
+                f"{label:<24}{name:<18}{st['rate_wall']:>10.3f}{st['rate_cpu']:>10.3f}{ratio:>8.2f}"
+            )
+    diffs = result["max_abs_diff_vs_per_class_loop"]
+    print(
+        f"max |diff| vs loop: DM images {diffs['dm_images']:.1e} (update size "
+        f"{result['dm_update_max_abs']:.1e}), client means {diffs['client_means']:.1e}; wrote {out}"
+    )
 
 
 if __name__ == "__main__":

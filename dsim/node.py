@@ -13,6 +13,7 @@ import asyncio
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import networkx as nx
@@ -35,6 +36,7 @@ class NodeContext:
     endpoint: Endpoint
     log: NodeLog
     options: dict[str, Any]
+    run_dir: Path
     data: Any = None
 
 
@@ -82,6 +84,11 @@ class Node:
     def data(self) -> Any:
         """This node's share of the dataset (dsim.data.NodeData), or None for programs without data."""
         return self._ctx.data
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (on this node's machine), for artefacts such as a synthetic set."""
+        return self._ctx.run_dir
 
     @functools.cached_property
     def rng(self) -> np.random.Generator:

@@ -181,7 +181,7 @@ class Worker:
         await self._expect("start", self.start_timeout)
         for rank in spec.ranks:
             ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank],
-                              self.logs[rank], cfg.get(spec.program.options_table, {}), data.get(rank))
+                              self.logs[rank], cfg.get(spec.program.options_table, {}), spec.run_dir, data.get(rank))
             node = spec.program.roles[self.roles[rank]](ctx)
             self.tasks.append(asyncio.get_running_loop().create_task(self._run_node(node)))
         self.tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))

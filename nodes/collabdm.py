@@ -6,7 +6,8 @@ All three share the shape of the CollabDM paper's Algorithm 1 and differ only in
 - collabdm: its distilled set plus, for each seed alpha_t the server assigned it, the mean embedding per
   class of B real images under the network built from alpha_t. The server initialises from the union
   and takes one SGD step per seed towards the clients' averaged means.
-The server then trains fresh models on the global synthetic set and scores them on the test set.
+The server then trains fresh models on the global synthetic set (saved as synthetic.npz in the run
+directory) and scores them on the test set.
 A client that does not answer within `dm.client_timeout` is left out and recorded.
 """
 
@@ -83,6 +84,7 @@ class Server(Node):
                 lr=float(opts["server_lr"]), model=opts["model"], dsa_strategy=strategy, pae_factor=pae,
                 progress=lambda step, loss: self.log(phase="server_refine", step=step, loss=loss),
             )
+        np.savez(self.run_dir / "synthetic.npz", images=syn_x.numpy(), labels=syn_y.numpy())
         score = await self.offload(
             evaluate_synthetic, syn_x, syn_y, data.dataset.test_x, data.dataset.test_y,
             num_models=int(opts["eval_models"]), epochs=int(opts["eval_epochs"]), model=opts["model"],

@@ -29,7 +29,7 @@ class Peer(Node):
             raise ValueError(f"exchange.bytes must be a positive multiple of 4, got {nbytes}")
         x = np.zeros(nbytes // 4, dtype=np.float32)  # one array, never written: safe to resend every round
         received = 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(rounds):
             for nbr in self.neighbours:
                 await self.send(nbr, KIND, x)
@@ -39,7 +39,9 @@ class Peer(Node):
                     raise RuntimeError(f"node {self.rank} got {payload.nbytes} bytes from {nbr}, not {nbytes}")
                 received += 1
         seconds = time.perf_counter() - start
-        return {"msgs": received, "bytes": received * nbytes, "seconds": seconds}
+        # CPU of the whole worker process (all its nodes and threads) over the same span.
+        cpu = time.process_time() - cpu_start
+        return {"msgs": received, "bytes": received * nbytes, "seconds": seconds, "process_cpu_s": cpu}
 
 
 def summarize(results: Mapping[int, dict[str, Any]], graph: nx.Graph) -> dict[str, Any]:

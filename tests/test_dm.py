@@ -104,25 +104,29 @@ def test_init_from_real_picks_real_images_per_class_and_skips_absent_classes():
 
 
 def test_batched_dm_loss_and_gradient_equal_the_per_class_loop():
+    """Same network and augmentation: identical maths. In float64, because in float32 rounding
+    differences can flip a ReLU near zero and move single pixel gradients by ~1%."""
     real_x, real_y = make_data(20, seed=1)
+    real_x = real_x.double()
     syn_x, syn_y = init_from_real(real_x, real_y, ipc=4, seed=2)
-    net = frozen_net(MODEL, 1, 3, SIZE, seed=11)
+    net = frozen_net(MODEL, 1, 3, SIZE, seed=11).double()
     seeds = [derive_seed(11, c) for c in range(3)]
     real_parts = [real_x[real_y == c] for c in range(3)]
     for match_std, factor in ((False, None), (True, 2)):
         grads, losses = [], []
-        for fn in (dm_loss, dm_loss_per_class):
+        for fn, kwargs in ((dm_loss, {"chunk": 5}), (dm_loss, {}), (dm_loss_per_class, {})):
             syn = syn_x.clone().requires_grad_(True)
             parts = [syn[syn_y == c] for c in range(3)]
             if factor:
                 parts = [expand(p, torch.zeros(len(p), dtype=torch.long), factor)[0] for p in parts]
-            loss = fn(net, real_parts, parts, seeds, STRATEGY, match_std=match_std)
+            loss = fn(net, real_parts, parts, seeds, STRATEGY, match_std=match_std, **kwargs)
             loss.backward()
             losses.append(loss.detach())
             grads.append(syn.grad)
         assert losses[0] > 0
-        assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-        assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+        for loss, grad in zip(losses[:2], grads[:2], strict=True):
+            assert torch.allclose(loss, losses[2], rtol=1e-10, atol=0)
+            assert torch.allclose(grad, grads[2], rtol=1e-8, atol=1e-12)
 
 
 def test_distill_dm_lowers_the_matching_loss_and_is_deterministic():
@@ -153,7 +157,8 @@ def test_distill_dm_matches_the_per_class_loop_and_supports_pae_with_std():
     batched = distill_dm(syn_x, syn_y, real_x, real_y, **kwargs)
     looped = distill_dm_per_class_loop(syn_x, syn_y, real_x, real_y, **kwargs)
     assert not torch.equal(batched, syn_x)
-    assert torch.allclose(batched, looped, atol=1e-4)
+    update = (looped - syn_x).abs().max()
+    assert (batched - looped).abs().max() <= 1e-2 * update  # float32 rounding only
 
 
 def test_distill_dm_leaves_classes_without_real_data_alone():

@@ -8,10 +8,11 @@ Seeds. Everything random is derived from integers, never from the global RNG:
   parameters, and a CollabDM server reproduces exactly the augmentation its clients used.
 
 Batching. The loss is sum_y ||mean embed(DSA(real_y)) - mean embed(DSA(syn_y))||^2. All classes'
-real batches go through the network in one no-grad pass (in chunks of `chunk` images to bound
-memory) and all synthetic images in one pass with grad; per-class means are segment sums
-(index_add). With instance norm (the default) or no norm each image is embedded independently, so
-this equals the per-class formulation; with batchnorm the batch statistics would mix classes.
+real batches are concatenated and embedded in one no-grad pass, all synthetic images in one pass
+with grad, and per-class means are segment sums (index_add): no per-class forward calls. Each pass
+runs in class-agnostic chunks of `chunk` images (see CHUNK). With instance norm (the default) or
+no norm each image is embedded independently, so this equals the per-class formulation; with
+batchnorm the batch statistics would mix classes and chunks.
 
 Missing classes. A class absent from a client's real data is skipped: `distill_dm` does not touch
 synthetic images of classes without real data, `init_from_real` creates none for it, and
@@ -25,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from dsim.errors import DsimError
 from dsim.ml.dsa import DEFAULT_STRATEGY, augment, derive_seed
@@ -158,9 +158,11 @@ def _segment_stats(
     return mean, var.sqrt()
 
 
-def _embed_no_grad(net: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([net.embed(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+def _embed(net: ConvNet, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """net.embed(x) computed `chunk` images at a time (same result, cache-friendly)."""
+    if chunk < 1:
+        raise DsimError(f"chunk must be >= 1, got {chunk}")
+    return torch.cat([net.embed(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def real_class_stats(
@@ -174,7 +176,7 @@ def real_class_stats(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (and std) embedding of each part under siamese DSA; no autograd at all."""
     with torch.no_grad():
-        emb = _embed_no_grad(net, _augment_parts(parts, strategy, aug_seeds), chunk)
+        emb = _embed(net, _augment_parts(parts, strategy, aug_seeds), chunk)
         return _segment_stats(emb, [len(p) for p in parts], with_std)
 
 
@@ -188,8 +190,7 @@ def syn_class_stats(
     chunk: int = CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (and std) embedding of each synthetic part, one pass in chunks, differentiable."""
-    x = _augment_parts(parts, strategy, aug_seeds)
-    emb = torch.cat([net.embed(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    emb = _embed(net, _augment_parts(parts, strategy, aug_seeds), chunk)
     return _segment_stats(emb, [len(p) for p in parts], with_std)
 
 

@@ -1,0 +1,427 @@
+"""Runtime benchmark: transport throughput beside bare pyzmq, start-up time, and the largest gossip run.
+
+Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick]
+Writes benchmarks/results/runtime.json (runtime-quick.json with --quick) and prints a table.
+
+a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm exchange`, one process
+   per node), beside bare pyzmq doing the same pattern in 8 forked processes: blocking sockets, and
+   zmq.asyncio (the layer dsim is built on), so the gap splits into "asyncio" and "dsim's own" parts.
+   CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
+   on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same pattern, this machine): ~31-41k msgs/s
+   at 1 KB, ~600 msgs/s at 1 MB, 0.15 s connection set-up.
+b. Start-up of gossip runs: summary startup_s and the wall time of the whole `dsim launch` command.
+c. Growing gossip runs packed 100 nodes per process until the first failure, with peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import psutil
+import zmq
+import zmq.asyncio
+
+ROOT = Path(__file__).resolve().parents[1]
+DSIM = Path(sys.executable).with_name("dsim")
+REFERENCE = {"source": "DecentralizePy communication layer, same ring pattern, measured on this machine",
+             "msgs_per_s_1KB": [31000, 41000], "msgs_per_s_1MB": 600, "connection_setup_s": 0.15}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "platform": platform.platform(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every reaped descendant so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class MemorySampler:
+    """Peak sum of RSS (and of PSS, which counts fork-shared pages once) over a process and its children."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak_rss = self.peak_pss = 0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = pss = 0
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()
+            except psutil.Error:
+                continue  # exited between the listing and the read
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.peak_procs = max(self.peak_procs, len(procs))
+
+
+def fresh_dir(tmp: Path, prefix: str) -> Path:
+    """A run directory path that no earlier run used (dsim refuses to overwrite a finished run)."""
+    return Path(tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-")) / "run"
+
+
+def run_dsim(out: Path, args: list[str], timeout: float = 300.0) -> dict[str, Any]:
+    """Run `dsim launch` as a user would; returns its summary, command wall time, CPU and peak memory."""
+    cmd = [str(DSIM), "launch", "--quiet", "--out", str(out), *args]
+    cpu0, start = children_cpu(), time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with MemorySampler(proc.pid) as mem:
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    wall = time.perf_counter() - start
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    failures = summary.get("failures") or []
+    error = "; ".join(f["reason"] for f in failures) or (output.strip().splitlines() or [""])[-1]
+    return {
+        "exit_code": proc.returncode,
+        "status": summary.get("status", "no summary"),
+        "error": error if proc.returncode else None,
+        "command_wall_s": round(wall, 3),
+        "timings": summary.get("timings", {}),
+        "results": {k: v for k, v in summary.get("results", {}).items() if k != "per_node"},
+        "exchange_cpu_s": sum(float(r.get("process_cpu_s", 0.0))
+                              for r in summary.get("results", {}).get("per_node", {}).values() if r),
+        "cpu_s": round(children_cpu() - cpu0, 3),
+        "peak_rss_mb": round(mem.peak_rss / 2**20, 1),
+        "peak_pss_mb": round(mem.peak_pss / 2**20, 1),
+        "processes": mem.peak_procs,
+    }
+
+
+# --- bare pyzmq baseline ---------------------------------------------------------------------
+
+
+def _ring_neighbours(rank: int, n: int) -> list[int]:
+    return sorted({(rank - 1) % n, (rank + 1) % n})
+
+
+def _baseline_peer(rank: int, n: int, rounds: int, size: int, use_asyncio: bool, ports: Any, table: Any,
+                   results: Any, barrier: Any) -> None:
+    """One process: a bound ROUTER, a DEALER per neighbour, raw bytes frames, lock-step rounds."""
+    if use_asyncio:
+        asyncio.run(_baseline_async(rank, n, rounds, size, ports, table, results, barrier))
+    else:
+        _baseline_sync(rank, n, rounds, size, ports, table, results, barrier)
+
+
+def _sockets(ctx: zmq.Context, rank: int, n: int, ports: Any, table: Any) -> tuple[Any, dict[int, Any]]:
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.RCVHWM, 0)
+    router.setsockopt(zmq.LINGER, 0)
+    ports.put((rank, router.bind_to_random_port("tcp://127.0.0.1")))
+    addresses = table.get()
+    dealers = {}
+    for nbr in _ring_neighbours(rank, n):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, str(rank).encode())
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{addresses[nbr]}")
+        dealers[nbr] = sock
+    return router, dealers
+
+
+class _RoundInbox:
+    """Counts messages per source so that a round takes exactly one from each neighbour."""
+
+    def __init__(self, neighbours: list[int]) -> None:
+        self.neighbours = neighbours
+        self.pending: Counter[int] = Counter()
+        self.ranks = {str(r).encode(): r for r in neighbours}
+
+    def add(self, identity: bytes) -> None:
+        self.pending[self.ranks[identity]] += 1
+
+    def take_round(self) -> bool:
+        if all(self.pending[r] for r in self.neighbours):
+            for r in self.neighbours:
+                self.pending[r] -= 1
+            return True
+        return False
+
+
+def _baseline_sync(rank: int, n: int, rounds: int, size: int, ports: Any, table: Any, results: Any,
+                   barrier: Any) -> None:
+    ctx = zmq.Context()
+    router, dealers = _sockets(ctx, rank, n, ports, table)
+    inbox = _RoundInbox(list(dealers))
+    payload = bytes(size)
+
+    def one_round(frame: bytes) -> None:
+        for sock in dealers.values():
+            sock.send(frame, copy=size < 65536)
+        while not inbox.take_round():
+            inbox.add(router.recv_multipart(copy=False)[0].bytes)
+
+    start = time.perf_counter()
+    one_round(b"hello")
+    setup = time.perf_counter() - start
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        one_round(payload)
+    results.put((rank, rounds * len(dealers), time.perf_counter() - start, setup, time.process_time() - cpu))
+    barrier.wait()  # nobody closes while a neighbour may still be reading
+    for sock in [router, *dealers.values()]:
+        sock.close()
+    ctx.term()
+
+
+async def _baseline_async(rank: int, n: int, rounds: int, size: int, ports: Any, table: Any, results: Any,
+                          barrier: Any) -> None:
+    ctx = zmq.asyncio.Context()
+    router, dealers = _sockets(ctx, rank, n, ports, table)
+    inbox = _RoundInbox(list(dealers))
+    payload = bytes(size)
+
+    async def one_round(frame: bytes) -> None:
+        for sock in dealers.values():
+            await sock.send(frame, copy=size < 65536)
+        while not inbox.take_round():
+            inbox.add((await router.recv_multipart(copy=False))[0].bytes)
+
+    start = time.perf_counter()
+    await one_round(b"hello")
+    setup = time.perf_counter() - start
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        await one_round(payload)
+    results.put((rank, rounds * len(dealers), time.perf_counter() - start, setup, time.process_time() - cpu))
+    barrier.wait()
+    for sock in [router, *dealers.values()]:
+        sock.close()
+    ctx.term()
+
+
+def run_baseline(n: int, rounds: int, size: int, use_asyncio: bool) -> dict[str, Any]:
+    """The same lock-step ring exchange in n forked processes speaking bare pyzmq."""
+    mp = multiprocessing.get_context("fork")
+    ports, results = mp.Queue(), mp.Queue()
+    tables = [mp.Queue() for _ in range(n)]
+    barrier = mp.Barrier(n)
+    start = time.perf_counter()
+    procs = [mp.Process(target=_baseline_peer, args=(r, n, rounds, size, use_asyncio, ports, tables[r],
+                                                     results, barrier)) for r in range(n)]
+    for p in procs:
+        p.start()
+    addresses = dict(ports.get(timeout=60) for _ in range(n))
+    for q in tables:
+        q.put(addresses)
+    rows = [results.get(timeout=600) for _ in range(n)]
+    for p in procs:
+        p.join()
+    msgs = sum(r[1] for r in rows)
+    slowest = max(r[2] for r in rows)
+    return {
+        "msgs": msgs, "seconds": round(slowest, 4),
+        "msgs_per_s": round(msgs / slowest, 1), "mb_per_s": round(msgs * size / 1e6 / slowest, 1),
+        "connection_setup_s": round(max(r[3] for r in rows), 4),
+        "wall_s": round(time.perf_counter() - start, 3),
+        "cpu_us_per_msg": round(sum(r[4] for r in rows) / msgs * 1e6, 1),
+    }
+
+
+# --- the three parts -------------------------------------------------------------------------
+
+
+def best_of(repeats: int, fn: Callable[[], dict[str, Any]], key: str = "msgs_per_s") -> dict[str, Any]:
+    """The best of a few repeats: other jobs on a shared machine only ever slow a run down."""
+    runs = [fn() for _ in range(repeats)]
+    best = max(runs, key=lambda r: r.get(key) or 0.0)
+    return {**best, "repeats": [r.get(key) for r in runs]}
+
+
+def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, (size, rounds) in sizes.items():
+        def dsim_run(size: int = size, rounds: int = rounds) -> dict[str, Any]:
+            run = run_dsim(fresh_dir(tmp, "exchange"),
+                           ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
+                            "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}"])
+            res = run["results"]
+            if run["exit_code"] != 0 or "msgs_per_s" not in res:
+                raise RuntimeError(f"dsim exchange run failed: {run['error']}")
+            return {
+                "msgs": res["msgs"], "seconds": round(res["seconds"], 4),
+                "msgs_per_s": round(res["msgs_per_s"], 1), "mb_per_s": round(res["mb_per_s"], 1),
+                "startup_s": run["timings"].get("startup_s"), "command_wall_s": run["command_wall_s"],
+                "cpu_us_per_msg": round(run["exchange_cpu_s"] / res["msgs"] * 1e6, 1),
+            }
+
+        entry = {"bytes": size, "rounds": rounds, "nodes": 8, "topology": "ring",
+                 "dsim": best_of(repeats, dsim_run),
+                 "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
+                 "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
+        entry["dsim_vs_pyzmq_sync"] = round(entry["dsim"]["msgs_per_s"] / entry["pyzmq_sync"]["msgs_per_s"], 3)
+        out[label] = entry
+    return out
+
+
+def startup(tmp: Path, cases: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
+    out = {}
+    for label, (nodes, per_process) in cases.items():
+        def one(nodes: int = nodes, per_process: int = per_process, label: str = label) -> dict[str, Any]:
+            run = run_dsim(fresh_dir(tmp, "startup"), _gossip_args(nodes, per_process, rounds=2))
+            if run["exit_code"] != 0:
+                raise RuntimeError(f"start-up run {label} failed: {run['error']}")
+            return {"nodes": nodes, "nodes_per_process": per_process, "startup_s": run["timings"].get("startup_s"),
+                    "run_s": run["timings"].get("run_s"), "wall_s": run["timings"].get("wall_s"),
+                    "command_wall_s": run["command_wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+                    "peak_pss_mb": run["peak_pss_mb"]}
+
+        runs = [one() for _ in range(repeats)]
+        best = min(runs, key=lambda r: r["command_wall_s"])
+        out[label] = {**best, "repeats_command_wall_s": [r["command_wall_s"] for r in runs]}
+    return out
+
+
+def _gossip_args(nodes: int, per_process: int, rounds: int, extra: tuple[str, ...] = ()) -> list[str]:
+    args = ["--algorithm", "gossip", "--topology", "regular", "--nodes", str(nodes),
+            "--nodes-per-process", str(per_process), "--set", "graph.degree=4",
+            "--set", f"rounds={rounds}", "--set", "gossip.dim=10"]
+    for setting in extra:
+        args += ["--set", setting]
+    return args
+
+
+def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
+    """Grow the gossip run until it fails. A heartbeat time-out is retried once with a longer one,
+    because a busy shared machine (not the runtime) can starve a worker's loop past the default."""
+    runs, completed = [], None
+    for nodes in sizes:
+        for extra in ((), ("net.heartbeat_timeout=60",)):
+            run = run_dsim(fresh_dir(tmp, f"scale-{nodes}"), _gossip_args(nodes, per_process, 5, extra),
+                           timeout=600)
+            runs.append({"nodes": nodes, "nodes_per_process": per_process, "settings": list(extra),
+                         **{k: run[k] for k in ("exit_code", "status", "error", "command_wall_s", "timings",
+                                                "cpu_s", "peak_rss_mb", "peak_pss_mb", "processes")},
+                         "max_error": run["results"].get("max_error")})
+            if run["exit_code"] == 0 or "heartbeat" not in (run["error"] or ""):
+                break
+        if runs[-1]["exit_code"] != 0:
+            break
+        completed = nodes
+    return {"largest_completed_nodes": completed, "topology": "regular degree 4", "rounds": 5, "dim": 10,
+            "runs": runs}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"machine: {report['machine']['cpu_count']} CPUs, python {report['machine']['python']}, "
+          f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
+    print(f"\n{'ring of 8, lock-step':<22}{'msgs/s':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
+    for label, entry in report["throughput"].items():
+        for impl in ("dsim", "pyzmq_sync", "pyzmq_asyncio"):
+            r = entry[impl]
+            setup = r.get("startup_s", r.get("connection_setup_s"))
+            print(f"{label + ' ' + impl:<22}{r['msgs_per_s']:>10.0f}{r['mb_per_s']:>9.1f}"
+                  f"{r['cpu_us_per_msg']:>12.1f}{setup:>10.3f}")
+    print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
+    for label, r in report["startup"].items():
+        print(f"{label:<22}{r['startup_s']:>10.3f}{r['command_wall_s']:>15.2f}{r['peak_rss_mb']:>9.0f}"
+              f"{r['peak_pss_mb']:>9.0f}")
+    print(f"\n{'largest gossip run':<22}{'status':>10}{'wall s':>9}{'RSS MB':>9}{'PSS MB':>9}  settings")
+    for r in report["largest"]["runs"]:
+        print(f"{str(r['nodes']) + ' nodes':<22}{r['status']:>10}{r['command_wall_s']:>9.1f}"
+              f"{r['peak_rss_mb']:>9.0f}{r['peak_pss_mb']:>9.0f}  {' '.join(r['settings']) or 'defaults'}")
+        if r["error"]:
+            print(f"    error: {r['error'][:160]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke version: small sizes, under a minute")
+    args = parser.parse_args()
+    if args.quick:
+        sizes = {"1KB": (1024, 300), "1MB": (1 << 20, 20)}
+        starts, scale, per_process, repeats = {"10 nodes": (10, 1)}, [100], 50, 1
+    else:
+        sizes = {"1KB": (1024, 4000), "1MB": (1 << 20, 200)}
+        starts = {"10 nodes": (10, 1), "100 nodes": (100, 1), "100 nodes, 10/proc": (100, 10)}
+        scale, per_process, repeats = [250, 500, 1000], 100, 2
+    report: dict[str, Any] = {"machine": machine_facts(), "quick": args.quick, "reference": REFERENCE}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dsim-bench-") as tmp:
+        report["throughput"] = throughput(Path(tmp), sizes, repeats)
+        report["startup"] = startup(Path(tmp), starts, repeats)
+        report["largest"] = largest(Path(tmp), scale, per_process)
+    report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
+    out = ROOT / "benchmarks" / "results" / ("runtime-quick.json" if args.quick else "runtime.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwritten to {out.relative_to(ROOT)} in {report['benchmark_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
