@@ -9,7 +9,6 @@ import click
 
 from dsim.errors import DsimError
 
-
 COMMANDS = {
     "launch": "dsim.commands.launch:launch",
     "topology": "dsim.commands.topology:topology",

@@ -29,8 +29,14 @@ from dsim.follower import follow
 from dsim.plan import LocalProc, WorkerPlan, format_ranks, plan_workers
 from dsim.program import Program
 from dsim.programs import load_program
-from dsim.results import (bandwidth_rows, closing_table, make_run_dir, write_bandwidth, write_config,
-                          write_summary)
+from dsim.results import (
+    bandwidth_rows,
+    closing_table,
+    make_run_dir,
+    write_bandwidth,
+    write_config,
+    write_summary,
+)
 from dsim.topologies import build, graph_hash
 from dsim.worker import WorkerSpec, run_worker
 
@@ -132,7 +138,9 @@ def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | No
         tmpdir = tempfile.mkdtemp(prefix="dsim-")
         master = f"ipc://{tmpdir}/control"
     if program.uses_data:
-        from dsim.data import load_dataset  # fail fast on missing files, and share the load with the forks
+        from dsim.data import (
+            load_dataset,  # fail fast on missing files, and share the load with the forks
+        )
 
         data = cfg["data"]
         load_dataset(data["dataset"], data["data_dir"] or None, download=data["download"], seed=int(cfg["seed"]))

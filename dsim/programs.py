@@ -8,6 +8,7 @@ program needs no registration: `--algorithm my_package.my_module` imports that m
 from __future__ import annotations
 
 import importlib
+
 from dsim.errors import DsimError
 from dsim.program import Program
 

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsim.ml.dm import (aggregate_client_means, class_counts, client_mean_embeddings, distill_dm,
-                        init_from_real, server_refine)
+from dsim.ml.dm import (
+    aggregate_client_means,
+    class_counts,
+    client_mean_embeddings,
+    distill_dm,
+    init_from_real,
+    server_refine,
+)
 from dsim.ml.dsa import default_strategy, derive_seed
 from dsim.ml.evaluate import evaluate_synthetic
 from dsim.node import Node

@@ -11,10 +11,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 from click.testing import CliRunner
-from dsim.topologies import build, graph_hash, read_edges
 
 from dsim.commands.topology import topology
 from dsim.errors import DsimError
+from dsim.topologies import build, graph_hash, read_edges
 
 
 def dsim_script() -> str:

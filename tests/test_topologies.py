@@ -11,6 +11,8 @@ import matplotlib.image
 import networkx as nx
 import numpy as np
 import pytest
+
+from dsim.errors import DsimError
 from dsim.topologies import (
     TOPOLOGIES,
     TopologyError,
@@ -24,8 +26,6 @@ from dsim.topologies import (
     validate,
     write_edges,
 )
-
-from dsim.errors import DsimError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLE = Path(__file__).resolve().parents[1] / "topologies" / "example-8.edges"

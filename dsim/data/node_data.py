@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsim.config import DATA_DEFAULTS
 from dsim.data.datasets import DATASETS, Dataset, load_dataset
 from dsim.data.partition import PARTITIONERS, label_counts, partition_indices
-from dsim.config import DATA_DEFAULTS
 from dsim.errors import DsimError
 
 __all__ = ["DATA_DEFAULTS", "NodeData", "data_config", "partition_fingerprint", "label_counts", "node_data", "partition_for"]
