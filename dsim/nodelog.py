@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe scalars: numpy/torch scalars become Python numbers, NaN becomes null."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -35,7 +35,7 @@ class NodeLog:
         if self._fh.closed:
             return
         record = {"t": round(time.time() - self.t0, 4), "rank": self.rank, "event": event}
-        record.update({k: _plain(v) for k, v in fields.items()})
+        record.update({k: json_safe(v) for k, v in fields.items()})
         self._fh.write(json.dumps(record, default=str) + "\n")
 
     def close(self) -> None:

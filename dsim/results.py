@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from dsim.config import to_toml
 from dsim.console import fmt_bytes
 from dsim.errors import DsimError
+from dsim.nodelog import json_safe
 
 BANDWIDTH_COLUMNS = ["rank", "role", "host", "bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "bytes_relayed"]
 COUNTERS = ["bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv"]
@@ -67,19 +67,9 @@ def write_bandwidth(run_dir: Path, rows: list[dict[str, Any]]) -> None:
                 writer.writerow([row["rank"], row["role"], row["host"], kind, *(t[k] for k in COUNTERS)])
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(json_safe(summary), indent=2, sort_keys=False) + "\n")
     tmp.replace(run_dir / "summary.json")
 
 

@@ -28,7 +28,7 @@ from dsim import wire
 from dsim.config import parse_port_range
 from dsim.errors import DsimError
 from dsim.node import Node, NodeContext
-from dsim.nodelog import NodeLog, _plain
+from dsim.nodelog import NodeLog, json_safe
 from dsim.program import Program
 from dsim.routing import next_hops
 from dsim.transport import Endpoint
@@ -198,7 +198,7 @@ class Worker:
     async def _run_node(self, node: Node) -> None:
         log = self.logs[node.rank]
         try:
-            result = _plain(await node.run() or {})
+            result = json_safe(await node.run() or {})
             msgpack.packb(result)
         except asyncio.CancelledError:
             raise

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 from click.testing import CliRunner
 
+from conftest import dsim_script
 from dsim.commands.topology import topology
 from dsim.errors import DsimError
 from dsim.topologies import build, graph_hash, read_edges
-
-
-def dsim_script() -> str:
-    script = Path(sys.executable).parent / "dsim"
-    found = str(script) if script.exists() else shutil.which("dsim")
-    if found is None:
-        pytest.skip("the dsim console script is not installed (pip install -e .)")
-    return found
 
 
 def invoke(*args: str):
