@@ -19,6 +19,9 @@ PROGRAMS: dict[str, str] = {
     "base": "dsim.nodes.collabdm:BASE",
     "localdm": "dsim.nodes.collabdm:LOCALDM",
     "collabdm": "dsim.nodes.collabdm:COLLABDM",
+    "mtt": "dsim.nodes.mtt",
+    "fedavg": "dsim.nodes.fedavg",
+    "dpsgd": "dsim.nodes.dpsgd",
 }
 
 
