@@ -218,3 +218,41 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
     assert res.stderr.startswith("dsim: error:") and res.stderr.count("\n") == 1, res.stderr
     assert message in res.stderr.lower() or message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_frozen_node_is_detected_as_silent(tmp_path) -> None:
+    proc, out = launch_background(tmp_path, "--nodes", "4", "--topology", "ring", "--algorithm", "gossip",
+                                  "--set", "rounds=1000000", "--set", "gossip.dim=8",
+                                  "--set", "net.heartbeat=0.2", "--set", "net.heartbeat_timeout=3")
+    pids = {}
+    try:
+        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 1)) >= 5, what="node 1 running")
+        pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(4)}
+        os.kill(pids[1], signal.SIGSTOP)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        for pid in pids.values():
+            if psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 1
+    assert "node 1 stopped answering" in stderr
+    for pid in pids.values():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_ctrl_c_stops_every_process(tmp_path) -> None:
+    proc, out = launch_background(tmp_path, "--nodes", "3", "--topology", "ring", "--algorithm", "gossip",
+                                  "--set", "rounds=1000000", "--set", "gossip.dim=8")
+    try:
+        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 0)) >= 5, what="node 0 running")
+        pids = [next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(3)]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert summary(out)["status"] == "interrupted"
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
