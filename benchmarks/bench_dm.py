@@ -22,13 +22,13 @@ import torch
 
 from dsim.ml.dm import (
     CHUNK,
-    _class_index,
-    _sample_batches,
+    class_index,
     client_mean_embeddings,
     distill_dm,
     distill_dm_per_class_loop,
     frozen_net,
     init_from_real,
+    sample_class_batches,
 )
 from dsim.ml.dsa import augment, default_strategy, derive_seed
 
@@ -38,12 +38,12 @@ STRATEGY = default_strategy("mnist")
 
 def per_class_client_means(real_x, real_y, seeds, batch, sample_seed=0) -> torch.Tensor:
     """Baseline: the reference client's loop, one forward per (seed, class); same sampling/DSA."""
-    index = _class_index(real_y)
+    index = class_index(real_y)
     out = []
     for net_seed in seeds:
         net = frozen_net("convnet", 1, CLASSES, SIZE, net_seed)
         sampler = torch.Generator().manual_seed(derive_seed(sample_seed, net_seed))
-        parts = _sample_batches(real_x, index, list(index), batch, sampler)
+        parts = sample_class_batches(real_x, index, list(index), batch, sampler)
         rows = []
         for cls, part in zip(index, parts, strict=True):
             with torch.no_grad():

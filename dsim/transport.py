@@ -118,7 +118,8 @@ class Mailbox:
         entry = (kind, src, fut)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             origin = "any node" if src is None else f"node {src}"
             raise NodeTimeout(f"{who} waited {timeout:g} s for '{kind}' from {origin}") from None
@@ -154,9 +155,12 @@ class Endpoint:
         self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.dealers: dict[int, zmq.asyncio.Socket] = {}
-        self._relay_socks: dict[int, zmq.Socket] = {}
+        # Plain (blocking-API) views of the same sockets: the hot path sends and drains without
+        # creating a future per message; the asyncio sockets are the fallback when a send would block.
+        self._fast: dict[int, zmq.Socket] = {}
+        self._router_fast = zmq.Socket.shadow(self.router.underlying)
         self._identity_to_rank: dict[bytes, int] = {}
-        self._task: asyncio.Task | None = None
+        self._reader_fd: int | None = None
         self.address = ""
 
     def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
@@ -188,8 +192,13 @@ class Endpoint:
             sock.copy_threshold = NEVER_COPY_BELOW
             sock.connect(addresses[n])
             self.dealers[n] = sock
-            self._relay_socks[n] = zmq.Socket.shadow(sock.underlying)
-        self._task = asyncio.get_running_loop().create_task(self._receive_loop())
+            fast = zmq.Socket.shadow(sock.underlying)
+            fast.copy_threshold = NEVER_COPY_BELOW
+            self._fast[n] = fast
+        loop = asyncio.get_running_loop()
+        self._reader_fd = self._router_fast.getsockopt(zmq.FD)
+        loop.add_reader(self._reader_fd, self._drain)
+        loop.call_soon(self._drain)  # messages may have queued before the reader existed
 
     async def say_hello(self, timeout: float) -> None:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
@@ -213,14 +222,20 @@ class Endpoint:
                 f"node {self.rank}: '{kind}' message to {dst} is {nbytes} bytes, over net.max_message_mb"
             )
         self.counters.sent(kind, nbytes)
-        await asyncio.wait_for(self.dealers[hop].send_multipart(frames, copy=True), timeout)
+        try:
+            self._fast[hop].send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            await asyncio.wait_for(self.dealers[hop].send_multipart(frames, copy=True), timeout)
         return nbytes
 
-    async def _receive_loop(self) -> None:
-        recv = self.router.recv_multipart
-        while True:
-            frames = await recv(copy=False)
-            self._handle(frames)
+    def _drain(self) -> None:
+        """Receive everything queued on the ROUTER (its FD is edge-triggered), a bounded batch at a time."""
+        sock = self._router_fast
+        for _ in range(256):
+            if self._reader_fd is None or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            self._handle(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+        asyncio.get_running_loop().call_soon(self._drain)  # more waiting: let other tasks run first
 
     def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
         self.counters.msgs_dropped += 1
@@ -269,11 +284,12 @@ class Endpoint:
         self.counters.bytes_relayed += nbytes
         self.counters.msgs_relayed += 1
         # Synchronous enqueue keeps "received" and "forwarded" in one step for termination counting.
-        self._relay_socks[hop].send_multipart(body, copy=False)
+        self._fast[hop].send_multipart(body, copy=False)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._reader_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._reader_fd)
+            self._reader_fd = None
         for sock in self.dealers.values():
             sock.close(linger=0)
         self.router.close(linger=0)

@@ -9,6 +9,7 @@ pickled; on receipt they are zero-copy views over the frame memory.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ ALLOWED_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
      "float16", "float32", "float64", "bfloat16"}
 )
+
+
+_descriptor_packer = msgpack.Packer(use_bin_type=True)
+_dtype_names: dict[np.dtype, str] = {}
 
 
 class WireError(ValueError):
@@ -46,7 +51,7 @@ def _array_of(obj: Any) -> tuple[np.ndarray, str, int] | None:
     """Return (contiguous array, dtype name, origin) when obj is an array or tensor, else None."""
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)
-        return arr, arr.dtype.name, _NUMPY
+        return arr, _dtype_name(arr.dtype), _NUMPY
     torch = _torch()
     if torch is not None and isinstance(obj, torch.Tensor):
         t = obj.detach()
@@ -56,8 +61,16 @@ def _array_of(obj: Any) -> tuple[np.ndarray, str, int] | None:
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy(), "bfloat16", _TORCH
         arr = t.numpy()
-        return arr, arr.dtype.name, _TORCH
+        return arr, _dtype_name(arr.dtype), _TORCH
     return None
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """dtype.name is a slow property; message encoding asks for it once per array."""
+    name = _dtype_names.get(dtype)
+    if name is None:
+        name = _dtype_names[dtype] = dtype.name
+    return name
 
 
 def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
@@ -71,7 +84,7 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
             if dtype not in ALLOWED_DTYPES:
                 raise TypeError(f"dtype {dtype} cannot be sent")
             buffers.append(memoryview(arr).cast("B") if arr.size else b"")
-            meta = msgpack.packb([len(buffers) - 1, dtype, list(arr.shape), origin])
+            meta = _descriptor_packer.pack([len(buffers) - 1, dtype, list(arr.shape), origin])
             return msgpack.ExtType(_EXT_ARRAY, meta)
         if isinstance(obj, np.generic):
             return obj.item()
@@ -137,7 +150,7 @@ def _rebuild(ext: msgpack.ExtType, buffers: list, used: set[int]) -> Any:
     used.add(index)
     np_dtype = np.dtype("int16" if dtype == "bfloat16" else dtype)
     buf = buffers[index]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if count * np_dtype.itemsize != len(buf):
         raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")
     arr = np.frombuffer(buf, dtype=np_dtype, count=count).reshape(shape)

@@ -179,12 +179,13 @@ class Worker:
             return
         await self._send({"t": "ready", "name": spec.name})
         await self._expect("start", self.start_timeout)
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._heartbeat()))  # first, so busy nodes cannot starve it
         for rank in spec.ranks:
             ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank],
                               self.logs[rank], cfg.get(spec.program.options_table, {}), spec.run_dir, data.get(rank))
             node = spec.program.roles[self.roles[rank]](ctx)
-            self.tasks.append(asyncio.get_running_loop().create_task(self._run_node(node)))
-        self.tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
+            self.tasks.append(loop.create_task(self._run_node(node)))
         await self._control_loop()
 
     def _load_data(self, rank: int) -> tuple[Any, dict[str, str]]:

@@ -201,7 +201,7 @@ def test_server_reproduces_client_augmentation_exactly():
     real_x, real_y = make_data(6, seed=10)
     seeds = [1, 2, 3]
     means = client_mean_embeddings(real_x, real_y, seeds, 3, batch=6, model=MODEL)
-    targets = {s: means[t] for t, s in enumerate(seeds)}
+    targets = [(s, means[t]) for t, s in enumerate(seeds)]  # list form of the targets
     assert collab_objective(real_x, real_y, targets, num_classes=3, model=MODEL) < 1e-8
 
 
