@@ -3,8 +3,9 @@
 A message is a list of ZeroMQ frames: ``[header, buf0, buf1, ...]``. The header is a msgpack map
 ``{"v", "r" (run id), "s" (source rank), "d" (destination rank), "k" (kind), "p" (payload)}``; inside the
 payload every numpy array or torch tensor is replaced by a msgpack extension that names its frame, dtype
-and shape, and its bytes travel as their own frame. Arrays are never serialised into the header and never
-pickled; on receipt they are zero-copy views over the frame memory.
+and shape, and its bytes travel as their own frame; on receipt they are zero-copy views over the frame
+memory. Arrays of at most INLINE_MAX bytes ride inside the header instead (dtype, shape and bytes in
+the extension): every extra frame costs ZeroMQ more than copying a few kilobytes. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 
 VERSION = 1
 _EXT_ARRAY = 1
+_EXT_INLINE = 2
+INLINE_MAX = 16 * 1024
 _NUMPY, _TORCH = 0, 1
 ALLOWED_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -83,6 +86,9 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
             arr, dtype, origin = found
             if dtype not in ALLOWED_DTYPES:
                 raise TypeError(f"dtype {dtype} cannot be sent")
+            if arr.nbytes <= INLINE_MAX:
+                meta = _descriptor_packer.pack([dtype, list(arr.shape), origin, arr.tobytes()])
+                return msgpack.ExtType(_EXT_INLINE, meta)
             buffers.append(memoryview(arr).cast("B") if arr.size else b"")
             meta = _descriptor_packer.pack([len(buffers) - 1, dtype, list(arr.shape), origin])
             return msgpack.ExtType(_EXT_ARRAY, meta)
@@ -136,20 +142,30 @@ def decode_payload(packed: Any, buffers: list) -> Any:
 
 
 def _rebuild(ext: msgpack.ExtType, buffers: list, used: set[int]) -> Any:
-    if ext.code != _EXT_ARRAY:
-        raise WireError(f"unknown extension type {ext.code}")
     try:
-        index, dtype, shape, origin = msgpack.unpackb(ext.data, raw=False)
-        index, shape = int(index), tuple(int(s) for s in shape)
+        if ext.code == _EXT_ARRAY:
+            index, dtype, shape, origin = msgpack.unpackb(ext.data, raw=False)
+            index = int(index)
+        elif ext.code == _EXT_INLINE:
+            dtype, shape, origin, buf = msgpack.unpackb(ext.data, raw=False)
+            index = -1
+        else:
+            raise WireError(f"unknown extension type {ext.code}")
+        shape = tuple(int(s) for s in shape)
+    except WireError:
+        raise
     except Exception:
         raise WireError("bad array descriptor") from None
-    if dtype not in ALLOWED_DTYPES or not 0 <= index < len(buffers) or index in used:
+    if dtype not in ALLOWED_DTYPES or any(s < 0 for s in shape):
         raise WireError("bad array descriptor")
-    if any(s < 0 for s in shape):
-        raise WireError("negative array dimension")
-    used.add(index)
+    if index >= 0:
+        if not 0 <= index < len(buffers) or index in used:
+            raise WireError("bad array descriptor")
+        used.add(index)
+        buf = buffers[index]
+    elif not isinstance(buf, bytes):
+        raise WireError("bad inline array")
     np_dtype = np.dtype("int16" if dtype == "bfloat16" else dtype)
-    buf = buffers[index]
     count = math.prod(shape)
     if count * np_dtype.itemsize != len(buf):
         raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")

@@ -17,15 +17,17 @@ def roundtrip(payload):
     return frames, wire.decode_payload(packed, [bytes(f) for f in frames[1:]])
 
 
-def test_arrays_travel_as_their_own_frames() -> None:
-    x = np.arange(1000, dtype=np.float32).reshape(10, 100)
-    frames, out = roundtrip({"x": x, "round": 4, "name": "a", "nested": [x[:2], {"k": 1.5}]})
-    assert len(frames) == 3  # header + one frame per array
-    assert len(frames[0]) < 200  # the header does not carry the array bytes
-    assert wire.frames_size(frames) == len(frames[0]) + x.nbytes + x[:2].nbytes
+def test_large_arrays_travel_as_their_own_frames_small_ones_inline() -> None:
+    x = np.arange(10000, dtype=np.float32).reshape(100, 100)
+    small = np.arange(30, dtype=np.int64)
+    frames, out = roundtrip({"x": x, "round": 4, "name": "a", "nested": [x[:50], small, {"k": 1.5}]})
+    assert len(frames) == 3  # header + one frame per large array
+    assert small.nbytes < len(frames[0]) < small.nbytes + 200  # only the small array rides in the header
+    assert wire.frames_size(frames) == len(frames[0]) + x.nbytes + x[:50].nbytes
     np.testing.assert_array_equal(out["x"], x)
-    np.testing.assert_array_equal(out["nested"][0], x[:2])
-    assert out["round"] == 4 and out["nested"][1] == {"k": 1.5}
+    np.testing.assert_array_equal(out["nested"][0], x[:50])
+    np.testing.assert_array_equal(out["nested"][1], small)
+    assert out["round"] == 4 and out["nested"][2] == {"k": 1.5}
 
 
 def test_torch_tensors_come_back_as_tensors_including_bfloat16() -> None:
@@ -51,7 +53,7 @@ def test_garbled_headers_raise_wire_error(frame: bytes) -> None:
 
 
 def test_buffer_that_does_not_match_its_descriptor_is_refused() -> None:
-    frames = wire.encode("r", 0, 1, "k", {"x": np.zeros(10, dtype=np.float64)})
+    frames = wire.encode("r", 0, 1, "k", {"x": np.zeros(wire.INLINE_MAX, dtype=np.float64)})
     _, packed = wire.peek_header(bytes(frames[0]))
     with pytest.raises(wire.WireError):
         wire.decode_payload(packed, [b"\x00" * 79])
