@@ -13,6 +13,7 @@ A client that does not answer within `dm.client_timeout` is left out and recorde
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,8 @@ class Server(Node):
         replies = await self.gather_messages("set", clients, timeout=float(opts["client_timeout"]),
                                              allow_missing=True)
         missing = sorted(set(clients) - set(replies))
+        # The clients are done: the server's refinement and evaluation may use every core of its machine.
+        torch.set_num_threads(os.cpu_count() or 1)
         if not replies:
             raise RuntimeError("no client sent its synthetic set")
         syn_x = torch.cat([m.payload["images"] for m in replies.values()])
