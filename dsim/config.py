@@ -57,13 +57,6 @@ DEFAULTS: dict[str, Any] = {
 MACHINE_LOCAL = ("out", "data.data_dir", "data.download")
 
 
-def _walk_get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def parse_value(text: str) -> Any:
     """Parse a --set value as a TOML value (numbers, booleans, quoted strings, arrays); else a bare string."""
     try:
@@ -230,7 +223,3 @@ def differences(mine: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str 
 
 def to_toml(cfg: Mapping[str, Any]) -> str:
     return tomli_w.dumps(dict(cfg))
-
-
-def get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    return _walk_get(cfg, dotted)

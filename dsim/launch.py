@@ -26,7 +26,7 @@ from dsim.console import Console
 from dsim.coordinator import Coordinator, Outcome
 from dsim.errors import DsimError
 from dsim.follower import follow
-from dsim.plan import LocalProc, WorkerPlan, format_ranks, plan_workers
+from dsim.plan import LocalProc, WorkerPlan, plan_workers
 from dsim.program import Program
 from dsim.programs import load_program
 from dsim.results import (
@@ -223,6 +223,3 @@ def _short(value: Any) -> str:
     if isinstance(value, dict | list):
         return "{...}" if isinstance(value, dict) else f"[{len(value)} items]"
     return str(value)
-
-
-__all__ = ["launch", "build_graph", "format_ranks"]

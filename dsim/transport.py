@@ -178,10 +178,19 @@ class Endpoint:
         except zmq.ZMQError as exc:
             raise DsimError(f"node {self.rank}: cannot bind on {host}: {exc}") from None
         self.address = f"tcp://{host}:{port}"
+        self.router.bind(self.inproc_address(self.rank))  # for neighbours in the same process
         return self.address
 
-    def connect(self, run: str, addresses: dict[int, str]) -> None:
-        """Open a link to every neighbour and start receiving; identities carry the run id."""
+    @staticmethod
+    def inproc_address(rank: int) -> str:
+        return f"inproc://dsim-node-{rank}"
+
+    def connect(self, run: str, addresses: dict[int, str], same_process: frozenset[int] = frozenset()) -> None:
+        """Open a link to every neighbour and start receiving; identities carry the run id.
+
+        Neighbours hosted by this same process are reached in memory (inproc), the others over TCP;
+        the frames and their accounting are the same either way.
+        """
         self.run = run
         self._identity_to_rank = {f"{run}:{n}".encode(): n for n in self.neighbours}
         for n in self.neighbours:
@@ -190,7 +199,7 @@ class Endpoint:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.copy_threshold = NEVER_COPY_BELOW
-            sock.connect(addresses[n])
+            sock.connect(self.inproc_address(n) if n in same_process else addresses[n])
             self.dealers[n] = sock
             fast = zmq.Socket.shadow(sock.underlying)
             fast.copy_threshold = NEVER_COPY_BELOW

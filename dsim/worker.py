@@ -169,8 +169,9 @@ class Worker:
         })
         peers = await self._expect("peers", self.start_timeout)
         addresses = {int(r): a for r, a in peers["endpoints"].items()}
+        local = frozenset(self.endpoints)
         for ep in self.endpoints.values():
-            ep.connect(peers["run"], addresses)
+            ep.connect(peers["run"], addresses, local)
         try:
             await asyncio.gather(*(ep.say_hello(self.start_timeout) for ep in self.endpoints.values()))
         except Exception as exc:

@@ -230,3 +230,5 @@ def test_bad_requests_are_refused_in_one_line(experts, data):
         distill_mtt(x, y, trajectories, **(kw | {"model": {"width": 8}}))
     with pytest.raises(DsimError, match="at least one expert"):
         distill_mtt(x, y, [], **kw)
+    with pytest.raises(DsimError, match=r"labels must lie in \[0, 3\)"):
+        distill_mtt(x, y, trajectories, **(kw | {"num_classes": 3}))

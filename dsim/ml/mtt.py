@@ -140,11 +140,15 @@ def _refuse_batchnorm(model: ModelSpec) -> None:
         )
 
 
-def _check_images(x: torch.Tensor, y: torch.Tensor, what: str) -> tuple[int, int]:
+def _check_images(x: torch.Tensor, y: torch.Tensor, num_classes: int, what: str) -> tuple[int, int]:
+    """(channels, side) of a labelled image set, refusing shapes and labels the model cannot take."""
     if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
         raise DsimError(f"{what} must be square images [N, C, S, S], got shape {tuple(x.shape)}")
     if len(x) != len(y) or len(x) == 0:
         raise DsimError(f"{what}: need as many labels as images (> 0), got {len(x)} and {len(y)}")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_classes:
+        raise DsimError(f"{what}: labels must lie in [0, {num_classes}), got {low}..{high}")
     return x.shape[1], x.shape[-1]
 
 
@@ -167,19 +171,16 @@ def train_experts(
 
     As the reference buffer.py: SGD with momentum 0, weight decay 0 and a constant lr; DSA (one
     op per batch, per-image parameters) on every batch when a strategy is given. With `store_dir`
-    expert k goes to store_dir/expert_{k:04d}.npy (overwriting) and comes back memory-mapped.
+    expert k goes to store_dir/expert_{k:04d}.npy (overwriting) and comes back memory-mapped;
+    give each buffer its own folder, as `load_experts` reads every expert_*.npy there.
     """
-    channels, size = _check_images(x, y, "expert training data")
+    channels, size = _check_images(x, y, num_classes, "expert training data")
     if num_experts < 1 or epochs < 1:
         raise DsimError(f"need num_experts >= 1 and epochs >= 1, got {num_experts}, {epochs}")
     if lr <= 0:
         raise DsimError(f"expert lr must be > 0, got {lr}")
     _refuse_batchnorm(model)
     y = y.long()
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise DsimError(
-            f"labels must lie in [0, {num_classes}), got {int(y.min())}..{int(y.max())}"
-        )
     experts: list[Trajectory] = []
     total = num_experts * epochs
     for k in range(num_experts):
@@ -349,7 +350,7 @@ def distill_mtt(
     (`eval_models` fresh models, `eval_epochs` epochs, the learned lr, momentum 0.9, wd 5e-4, DSA)
     and the best one is returned; bit-identical for the same inputs and seed.
     """
-    channels, size = _check_images(real_x, real_y, "real images")
+    channels, size = _check_images(real_x, real_y, num_classes, "real images")
     if iterations < 0 or syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1:
         raise DsimError(
             "need iterations >= 0, syn_steps >= 1, expert_epochs >= 1 and max_start_epoch >= 1, "
@@ -364,7 +365,7 @@ def distill_mtt(
     if eval_every and (val_x is None or val_y is None):
         raise DsimError("eval_every > 0 needs a validation set (val_x, val_y)")
     if eval_every:
-        _check_images(val_x, val_y, "validation images")
+        _check_images(val_x, val_y, num_classes, "validation images")
     net = student_net(model, channels, num_classes, size)
     _check_experts(experts, net.num_params, max_start_epoch + expert_epochs)
 
