@@ -6,14 +6,15 @@ import csv
 
 from conftest import node_events, run_dsim, summary
 
-# Several nodes per process: far fewer interpreters (and torch imports) on a small machine.
-SMALL = ["--dataset", "digits", "--set", "rounds=3", "--nodes-per-process", "4"]
+SMALL = ["--dataset", "digits", "--set", "rounds=3"]
 
 
-def launch(out, algorithm: str, *args: str) -> dict:
+def launch(out, algorithm: str, *args: str, per_process: int = 2) -> dict:
+    """Several nodes per process: far fewer interpreters (and torch imports) on a small machine."""
     table = algorithm
     res = run_dsim("launch", "--algorithm", algorithm, "--out", str(out), "--quiet", *SMALL,
-                   "--set", f"{table}.width=32", "--set", f"{table}.lr=0.05", *args, timeout=300)
+                   "--nodes-per-process", str(per_process), "--set", f"{table}.width=32",
+                   "--set", f"{table}.lr=0.05", *args, timeout=300)
     assert res.returncode == 0, res.stderr
     return summary(out)
 
@@ -58,7 +59,7 @@ def test_fedavg_partial_participation_draws_that_many_clients_per_round(tmp_path
 def test_dpsgd_on_a_ring_learns_and_only_talks_to_neighbours(tmp_path) -> None:
     rounds = 4
     s = launch(tmp_path / "run", "dpsgd", "--nodes", "8", "--topology", "ring",
-               "--set", f"rounds={rounds}")
+               "--set", f"rounds={rounds}", per_process=4)
     res = s["results"]
     assert len(res["accuracy_per_node"]) == 8
     assert res["accuracy_mean"] > 0.4 and res["accuracy_min"] > 0.2  # chance is 0.1
