@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_dm.py
+	$(BIN)/python benchmarks/bench_mtt.py
 
 lint: setup
 	$(BIN)/ruff check .
