@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "master_port": 29400,
         "max_message_mb": 512.0,
         "heartbeat": 0.5,
-        "heartbeat_timeout": 15.0,
+        "heartbeat_timeout": 60.0,
         "start_timeout": 120.0,
     },
     "data": DATA_DEFAULTS,

@@ -152,7 +152,8 @@ class Coordinator:
         kind = msg["t"]
         name = msg.get("name", "")
         if name in self.plans:
-            self.identities.setdefault(name, identity)
+            if kind != "hb":  # heartbeats come from a side socket; replies go to the main one
+                self.identities.setdefault(name, identity)
             if self.started is not None:
                 self.last_seen[name] = time.monotonic()
         if kind == "machine":

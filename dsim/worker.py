@@ -14,7 +14,9 @@ import os
 import resource
 import signal
 import sys
+import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ class Worker:
         self.logs: dict[int, NodeLog] = {}
         self.roles: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
+        self.beats: Heartbeat | None = None
 
     async def run(self) -> int:
         self.ctx = zmq.asyncio.Context()
@@ -98,6 +101,8 @@ class Worker:
             await self._send({"t": "failed", "rank": self.spec.ranks[0], "reason": reason, "phase": "runtime"})
             return 4
         finally:
+            if self.beats is not None:
+                self.beats.stop()
             for task in self.tasks:
                 task.cancel()
             for ep in self.endpoints.values():
@@ -181,7 +186,9 @@ class Worker:
         await self._send({"t": "ready", "name": spec.name})
         await self._expect("start", self.start_timeout)
         loop = asyncio.get_running_loop()
-        self.tasks.append(loop.create_task(self._heartbeat()))  # first, so busy nodes cannot starve it
+        self.beats = Heartbeat(zmq.Context.shadow(self.ctx.underlying), spec.control, spec.name,
+                               self.heartbeat, lambda: {**self._counts({}), "t": "hb"})
+        self.beats.start()
         for rank in spec.ranks:
             ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank],
                               self.logs[rank], cfg.get(spec.program.options_table, {}), spec.run_dir, data.get(rank))
@@ -211,11 +218,6 @@ class Worker:
         log.write("done", result=result)
         await self._send({"t": "done", "rank": node.rank, "result": result})
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await self._send({**self._counts({}), "t": "hb"})
-            await asyncio.sleep(self.heartbeat)
-
     async def _control_loop(self) -> None:
         while True:
             try:
@@ -230,6 +232,33 @@ class Worker:
             self.logs[rank].write("traffic", **stats)
             nodes[rank] = {"role": self.roles[rank], "host": self.spec.host, **stats}
         await self._send({"t": "final", "name": self.spec.name, "nodes": nodes})
+
+
+class Heartbeat(threading.Thread):
+    """Beats from its own thread and socket: a node whose computation holds the GIL or the event loop
+    for a while is slow, not dead, and must not be reported as silent. A dead process stops beating."""
+
+    def __init__(self, ctx: zmq.Context, control: str, name: str, interval: float,
+                 message: Callable[[], dict[str, Any]]) -> None:
+        super().__init__(name=f"dsim-heartbeat-{name}", daemon=True)
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, f"{name}/hb".encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(control)
+        self.interval, self.message = interval, message
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.sock.send(wire.pack_control(self.message()), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the coordinator is gone or slow: its own timeouts decide
+        self.sock.close(linger=0)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
 
 
 def _die_with_parent() -> None:
