@@ -23,6 +23,7 @@ scores them on the test set. A client silent for `client_timeout` seconds is lef
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "expert_train_epochs": 50,
     "expert_batch": 256,
     "store_experts_mb": 256.0,  # buffers larger than this go to run_dir/experts/<rank>/ (memory-mapped)
+    "keep_experts": False,  # keep those files after distillation (they can be GBs per node)
     # distillation
     "iterations": 2000,
     "syn_steps": 50,  # N
@@ -77,8 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "select_on": "synthetic",  # "synthetic" or "test_split" (see the module docstring)
     "holdout": 0.2,  # select_on=synthetic: fraction of each class's stacked images held out
     "select_size": 1000,  # select_on=test_split: test images kept apart for selection
-    "grid_sgd": [0.001, 0.01, 0.03],  # SGD lrs tried (momentum 0.9, wd 5e-4)
-    "grid_adam": [0.0001, 0.001],  # Adam lrs tried (wd 5e-4)
+    "grid_sgd": [0.01, 0.001, 0.03],  # SGD lrs tried (momentum 0.9, wd 5e-4); ties go to the first
+    "grid_adam": [0.001, 0.0001],  # Adam lrs tried (wd 5e-4), after the SGD ones
     "search_epochs": 300,
     "eval_epochs": 500,  # papers: 1000
     "eval_models": 3,
@@ -312,6 +314,9 @@ class Client(Node):
             val_y=data.val_y if has_val else None, eval_epochs=int(opts["client_eval_epochs"]),
             eval_models=int(opts["client_eval_models"]), progress=distill_progress,
         )
+        del experts
+        if store is not None and not opts["keep_experts"]:
+            shutil.rmtree(store, ignore_errors=True)
         out.update(learned_lr=res.lr, best_iteration=res.best_iteration, experts_on_disk=store is not None,
                    expert_buffer_mb=round(buffer_mb, 3))
         if has_val:

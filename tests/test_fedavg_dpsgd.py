@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 
+import torch
+
 from conftest import node_events, run_dsim, summary
+from dsim.ml.models import build_model
+from dsim.nodes.fedavg import DEFAULTS, local_train, weighted_average
 
 SMALL = ["--dataset", "digits", "--set", "rounds=3"]
 
@@ -74,3 +78,18 @@ def test_dpsgd_on_a_ring_learns_and_only_talks_to_neighbours(tmp_path) -> None:
         assert int(row["msgs_sent"]) == int(row["msgs_recv"]) == rounds * degree
         model = res["model_bytes"]
         assert abs(int(row["bytes_sent"]) - rounds * degree * model) / (rounds * degree * model) < 0.02
+
+
+def test_weighted_average_weights_by_samples() -> None:
+    avg = weighted_average([torch.ones(4), torch.full((4,), 3.0)], [1, 3])
+    torch.testing.assert_close(avg, torch.full((4,), 2.5))
+    assert avg.dtype == torch.float32
+
+
+def test_local_steps_take_exactly_that_many_minibatches() -> None:
+    model = build_model({"name": "convnet", "width": 8}, 1, 10, 8, seed=0)
+    calls: list[int] = []
+    model.register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
+    x, y = torch.randn(50, 1, 8, 8), torch.randint(0, 10, (50,))
+    local_train(model, x, y, {**DEFAULTS, "local_steps": 7, "batch": 16}, "digits", seed=1)
+    assert calls == [16] * 7  # 7 full batches, the 50 samples cycled

@@ -33,7 +33,8 @@ def by_kind(run_dir) -> dict[tuple[str, str], dict]:
 
 def test_mtt_runs_end_to_end_with_progress_per_client_figures_and_a_global_score(tmp_path) -> None:
     run = tmp_path / "run"
-    res = launch(run, "--set", "mtt.ipc=2")["results"]
+    res = launch(run, "--set", "mtt.ipc=2", "--set", "mtt.store_experts_mb=0", "--set", "mtt.keep_experts=true",
+                 )["results"]
     assert res["mode"] == "distilled" and res["clients_answered"] == 3 and res["clients_missing"] == []
     assert res["synthetic_images"] == 3 * 10 * 2  # every digits client holds all 10 classes (IID)
     assert 0.15 < res["accuracy_mean"] <= 1.0  # chance is 0.1
@@ -58,6 +59,9 @@ def test_mtt_runs_end_to_end_with_progress_per_client_figures_and_a_global_score
     logged = [e for e in node_events(run, 0) if e.get("event") == "metric" and "client" in e]
     assert len(logged) == server_progress  # the server logged every progress message
     assert any("val_accuracy" in e for e in logged)
+    for rank in ("1", "2", "3"):  # store_experts_mb=0: every buffer went to disk, kept as asked
+        assert res["per_node"][rank]["experts_on_disk"]
+        assert sorted(p.name for p in (run / "experts" / rank).iterdir()) == ["expert_0000.npy", "expert_0001.npy"]
     saved = np.load(run / "synthetic.npz")
     assert saved["images"].shape == (60, 1, 8, 8) and sorted(set(saved["client"].tolist())) == [1, 2, 3]
 
