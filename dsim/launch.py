@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,10 +138,13 @@ def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | No
     else:
         tmpdir = tempfile.mkdtemp(prefix="dsim-")
         master = f"ipc://{tmpdir}/control"
+    if "torch" in sys.modules:
+        # An OpenMP pool started in the launcher does not survive fork (children deadlock in their
+        # first parallel op): the launcher stays single-threaded and each worker sizes its own pool.
+        sys.modules["torch"].set_num_threads(1)
     if program.uses_data:
-        from dsim.data import (
-            load_dataset,  # fail fast on missing files, and share the load with the forks
-        )
+        # Fail fast on missing files, and load once here so the forked workers share the tensors.
+        from dsim.data import load_dataset
 
         data = cfg["data"]
         load_dataset(data["dataset"], data["data_dir"] or None, download=data["download"], seed=int(cfg["seed"]))

@@ -70,3 +70,9 @@ def test_base_sends_real_images_and_no_means(tmp_path) -> None:
     assert s["results"]["synthetic_images"] == 90
     per_client_images = 30 * (8 * 8 * 4 + 8)  # 10 classes x 3 images, pixels + int64 labels
     assert all(per_client_images < v < per_client_images + 400 for v in s["results"]["bytes_per_client"].values())
+
+
+def test_all_nodes_packed_in_one_process(tmp_path) -> None:
+    """One worker process (torch already used by the launcher before the fork) must not deadlock."""
+    s = launch(tmp_path / "run", "--algorithm", "base", "--nodes-per-process", "4")
+    assert s["status"] == "ok" and s["results"]["clients_answered"] == 3
