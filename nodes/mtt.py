@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dsim.errors import DsimError
 from dsim.ml.dm import init_from_real
-from dsim.ml.dsa import augment, default_strategy, derive_seed
+from dsim.ml.dsa import default_strategy, derive_seed
 from dsim.ml.evaluate import evaluate, evaluate_synthetic
 from dsim.ml.models import build_model, param_count
 from dsim.ml.mtt import distill_mtt, train_experts
+from dsim.ml.train import train_model
 from dsim.node import Node
 from dsim.nodes.fedavg import model_spec
 from dsim.program import Program
@@ -87,37 +87,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# ---------------------------------------------------------------- training with either optimizer
-
-
-def fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, optimizer: str, lr: float,
-        epochs: int, batch: int = 256, dsa_strategy: str | None = None, seed: int = 0) -> None:
-    """Train in place as dsim.ml.train.train_model (wd 5e-4, lr x0.1 at half, DSA), SGD or Adam.
-
-    train_model is SGD-only; the server's search also tries Adam, as the paper's Optuna search did.
-    """
-    params = model.parameters()
-    opt: torch.optim.Optimizer = (
-        torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4) if optimizer == "sgd"
-        else torch.optim.Adam(params, lr=lr, weight_decay=5e-4)
-    )
-    gen = torch.Generator().manual_seed(seed)
-    y = y.long()
-    model.train()
-    for epoch in range(epochs):
-        if epochs > 1 and epoch == epochs // 2:
-            for group in opt.param_groups:
-                group["lr"] *= 0.1
-        order = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), batch):
-            idx = order[start : start + batch]
-            xb = augment(x[idx], dsa_strategy, generator=gen) if dsa_strategy else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-
 def score(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
           optimizer: str, lr: float, epochs: int, models: int, spec: Any, num_classes: int,
           dsa_strategy: str | None, seed: int) -> list[float]:
@@ -125,8 +94,8 @@ def score(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.
     out = []
     for i in range(models):
         net = build_model(spec, x.shape[1], num_classes, x.shape[-1], derive_seed(seed, i, 1))
-        fit(net, x, y, optimizer=optimizer, lr=lr, epochs=epochs, dsa_strategy=dsa_strategy,
-            seed=derive_seed(seed, i, 2))
+        train_model(net, x, y, optimizer=optimizer, lr=lr, epochs=epochs, dsa_strategy=dsa_strategy,
+                    seed=derive_seed(seed, i, 2))
         out.append(evaluate(net, test_x, test_y))
     return out
 

@@ -33,11 +33,14 @@ def train_model(
     lr_decay_at_half: bool = True,
     seed: int = 0,
     on_epoch: EpochFn | None = None,
+    optimizer: str = "sgd",
 ) -> float:
-    """Train `model` in place with SGD + cross-entropy; returns the last epoch's mean loss.
+    """Train `model` in place with cross-entropy; returns the last epoch's mean loss.
 
-    DSA (per-image parameters, one op per batch) is applied to every batch when a strategy is
-    given; with lr_decay_at_half the lr is multiplied by 0.1 from epoch epochs // 2 on (REFERENCE §5).
+    optimizer "sgd" (with `momentum`) or "adam" (the MTT server's search tries both); both use
+    `weight_decay`. DSA (per-image parameters, one op per batch) is applied to every batch when a
+    strategy is given; with lr_decay_at_half the lr is multiplied by 0.1 from epoch epochs // 2 on
+    (REFERENCE §5).
     """
     if len(x) != len(y) or len(x) == 0:
         raise DsimError(
@@ -45,16 +48,20 @@ def train_model(
         )
     if epochs < 0 or batch < 1:
         raise DsimError(f"need epochs >= 0 and batch >= 1, got {epochs}, {batch}")
+    if optimizer not in ("sgd", "adam"):
+        raise DsimError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     )
     y = y.long()
     model.train()
     last_loss = float("nan")
     for epoch in range(epochs):
         if lr_decay_at_half and epochs > 1 and epoch == epochs // 2:
-            for group in optimizer.param_groups:
+            for group in opt.param_groups:
                 group["lr"] *= 0.1
         order = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
@@ -62,9 +69,9 @@ def train_model(
             idx = order[start : start + batch]
             xb = augment(x[idx], dsa_strategy, generator=gen) if dsa_strategy else x[idx]
             loss = F.cross_entropy(model(xb), y[idx])
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         last_loss = total / seen
