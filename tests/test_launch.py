@@ -110,12 +110,22 @@ def test_garbage_on_a_node_port_is_dropped_and_logged(tmp_path) -> None:
     assert summary(out)["status"] == "ok"
 
 
+def endless_gossip(tmp_path: Path, nodes: int, watch: int, *extra: str) -> tuple[subprocess.Popen, Path, dict]:
+    """Start a gossip run that only ends when stopped; return once `watch` has done 5 rounds."""
+    proc, out = launch_background(tmp_path, "--nodes", str(nodes), "--topology", "ring", "--algorithm", "gossip",
+                                  "--set", "rounds=1000000", "--set", "gossip.dim=8", *extra)
+    wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, watch)) >= 5, what=f"node {watch}")
+    pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(nodes)}
+    return proc, out, pids
+
+
+def all_gone(pids) -> bool:
+    return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+
 def test_killing_a_node_fails_the_run_naming_it_and_leaves_nothing(tmp_path) -> None:
-    proc, out = launch_background(tmp_path, "--nodes", "4", "--topology", "ring", "--algorithm", "gossip",
-                                  "--set", "rounds=1000000", "--set", "gossip.dim=8")
+    proc, out, pids = endless_gossip(tmp_path, 4, 2)
     try:
-        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 2)) >= 5, what="node 2 running")
-        pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(4)}
         os.kill(pids[2], signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -124,8 +134,7 @@ def test_killing_a_node_fails_the_run_naming_it_and_leaves_nothing(tmp_path) -> 
     assert "node 2" in stderr and "SIGKILL" in stderr
     s = summary(out)
     assert s["status"] == "failed" and s["failures"][0]["ranks"] == [2]
-    for pid in pids.values():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert all_gone(pids.values())
 
 
 def test_two_runs_side_by_side(tmp_path) -> None:
@@ -221,13 +230,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message) -> None:
 
 
 def test_a_frozen_node_is_detected_as_silent(tmp_path) -> None:
-    proc, out = launch_background(tmp_path, "--nodes", "4", "--topology", "ring", "--algorithm", "gossip",
-                                  "--set", "rounds=1000000", "--set", "gossip.dim=8",
-                                  "--set", "net.heartbeat=0.2", "--set", "net.heartbeat_timeout=3")
-    pids = {}
+    proc, out, pids = endless_gossip(tmp_path, 4, 1, "--set", "net.heartbeat=0.2",
+                                     "--set", "net.heartbeat_timeout=3")
     try:
-        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 1)) >= 5, what="node 1 running")
-        pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(4)}
         os.kill(pids[1], signal.SIGSTOP)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -237,16 +242,12 @@ def test_a_frozen_node_is_detected_as_silent(tmp_path) -> None:
                 os.kill(pid, signal.SIGCONT)
     assert proc.returncode == 1
     assert "node 1 stopped answering" in stderr
-    for pid in pids.values():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert all_gone(pids.values())
 
 
 def test_ctrl_c_stops_every_process(tmp_path) -> None:
-    proc, out = launch_background(tmp_path, "--nodes", "3", "--topology", "ring", "--algorithm", "gossip",
-                                  "--set", "rounds=1000000", "--set", "gossip.dim=8")
+    proc, out, pids = endless_gossip(tmp_path, 3, 0)
     try:
-        wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, 0)) >= 5, what="node 0 running")
-        pids = [next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(3)]
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -254,5 +255,4 @@ def test_ctrl_c_stops_every_process(tmp_path) -> None:
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert summary(out)["status"] == "interrupted"
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert all_gone(pids.values())
