@@ -4,5 +4,6 @@
 - dsa: differentiable siamese augmentation with seed-derived (never global) randomness.
 - pae: partition-and-expand of synthetic images.
 - dm: distribution matching (LocalDM) and the CollabDM client means / server refinement.
-- train, evaluate: SGD training on tensors; scoring a synthetic set with fresh ConvNets.
+- mtt: matching training trajectories (expert buffers, unrolled student, learned lr).
+- train, evaluate: SGD/Adam training on tensors; scoring a synthetic set with fresh ConvNets.
 """
