@@ -29,6 +29,7 @@ from dsim.ml.dm import (
 )
 from dsim.ml.dsa import default_strategy, derive_seed
 from dsim.ml.evaluate import evaluate_synthetic
+from dsim.ml.models import spec_from_options
 from dsim.node import Node
 from dsim.program import Program
 
@@ -43,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "server_lr": 10.0,
     "pae": 0,  # partition-and-expand factor l (0 = off; the paper uses 2)
     "model": "convnet",
+    "width": 0,  # channels of the ConvNet; 0 = the preset's 128
     "eval_models": 3,  # M fresh models trained on the global set
     "eval_epochs": 100,  # papers: 1000
     "client_timeout": 1800.0,  # seconds the server waits for a client's set before going on without it
@@ -90,13 +92,13 @@ class Server(Node):
             targets, present = self.aggregate(assignment, replies)
             syn_x = await self.offload(
                 server_refine, syn_x, syn_y, targets, num_classes=num_classes, present=present,
-                lr=float(opts["server_lr"]), model=opts["model"], dsa_strategy=strategy, pae_factor=pae,
+                lr=float(opts["server_lr"]), model=spec_from_options(opts), dsa_strategy=strategy, pae_factor=pae,
                 progress=lambda step, loss: self.log(phase="server_refine", step=step, loss=loss),
             )
         np.savez(self.run_dir / "synthetic.npz", images=syn_x.numpy(), labels=syn_y.numpy())
         score = await self.offload(
             evaluate_synthetic, syn_x, syn_y, data.dataset.test_x, data.dataset.test_y,
-            num_models=int(opts["eval_models"]), epochs=int(opts["eval_epochs"]), model=opts["model"],
+            num_models=int(opts["eval_models"]), epochs=int(opts["eval_epochs"]), model=spec_from_options(opts),
             seed=int(self.config["seed"]), dsa_strategy=strategy, pae_factor=pae, num_classes=num_classes,
         )
         self.log(phase="evaluation", **score)
@@ -143,7 +145,7 @@ class Client(Node):
         if self.mode != "base":
             images = await self.offload(
                 distill_dm, images, labels, data.train_x, data.train_y, iterations=int(opts["iterations"]),
-                lr=float(opts["lr"]), batch_real=int(opts["batch_real"]), model=opts["model"],
+                lr=float(opts["lr"]), batch_real=int(opts["batch_real"]), model=spec_from_options(opts),
                 num_classes=num_classes, dsa_strategy=strategy, seed=seed, pae_factor=pae,
                 match_std=bool(pae), progress=self._progress,
             )
@@ -152,7 +154,7 @@ class Client(Node):
         if self.mode == "collabdm":
             payload["means"] = await self.offload(
                 client_mean_embeddings, data.train_x, data.train_y, seeds, num_classes,
-                batch=int(opts["mean_batch"]), model=opts["model"], dsa_strategy=strategy, sample_seed=seed,
+                batch=int(opts["mean_batch"]), model=spec_from_options(opts), dsa_strategy=strategy, sample_seed=seed,
             )
         nbytes = await self.send(self.server, "set", payload)
         return {"images": len(images), "seeds": len(seeds), "bytes_sent": nbytes}

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from dsim.ml.dsa import derive_seed
-from dsim.ml.models import flat_params, param_count
+from dsim.ml.models import flat_params, param_count, spec_from_options
 from dsim.node import Node
-from dsim.nodes.fedavg import build_shared_model, global_accuracy, model_spec, train_from
+from dsim.nodes.fedavg import build_shared_model, global_accuracy, train_from
 from dsim.program import Program
 from dsim.topologies import metropolis_hastings_weights
 
@@ -67,7 +67,7 @@ class Peer(Node):
             self.log(**entry)
             history.append(entry)
         return {"accuracy": accuracy, "degree": len(self.neighbours), "samples": len(data.train_x),
-                "rounds": rounds, "model_bytes": param_count(model) * 4, "model": model_spec(opts), "history": history}
+                "rounds": rounds, "model_bytes": param_count(model) * 4, "model": spec_from_options(opts), "history": history}
 
 
 def summarize(results: Mapping[int, dict[str, Any]], graph: Any) -> dict[str, Any]:

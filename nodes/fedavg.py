@@ -22,7 +22,13 @@ from torch import nn
 from dsim.errors import DsimError
 from dsim.ml.dsa import default_strategy, derive_seed
 from dsim.ml.evaluate import evaluate
-from dsim.ml.models import build_model, flat_params, load_flat_params, param_count
+from dsim.ml.models import (
+    build_model,
+    flat_params,
+    load_flat_params,
+    param_count,
+    spec_from_options,
+)
 from dsim.ml.train import train_model
 from dsim.node import Node
 from dsim.program import Program
@@ -45,12 +51,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def model_spec(opts: Mapping[str, Any]) -> str | dict[str, Any]:
-    """The model of the options table: a preset name, optionally with its width overridden."""
-    width = int(opts.get("width", 0))
-    return {"name": opts["model"], "width": width} if width > 0 else str(opts["model"])
-
-
 def build_shared_model(opts: Mapping[str, Any], data: Any, seed: int) -> nn.Module:
     """The model every node starts from: same spec and seed everywhere, so same initial weights.
 
@@ -58,7 +58,7 @@ def build_shared_model(opts: Mapping[str, Any], data: Any, seed: int) -> nn.Modu
     unaveraged state: refused with a clear message rather than silently evaluated wrong.
     """
     ds = data.dataset
-    model = build_model(model_spec(opts), ds.image_shape[0], ds.num_classes, ds.image_shape[-1],
+    model = build_model(spec_from_options(opts), ds.image_shape[0], ds.num_classes, ds.image_shape[-1],
                         derive_seed(seed, 0x5EED))
     if any(True for _ in model.buffers()):
         raise DsimError(f"model '{opts['model']}' keeps buffers (batchnorm); parameter averaging "
@@ -186,7 +186,7 @@ class Server(Node):
             "model_bytes": param_count(model) * 4,
             "history": history,
             "dropped": dropped,
-            "model": model_spec(opts),
+            "model": spec_from_options(opts),
         }
 
 

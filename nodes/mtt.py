@@ -38,11 +38,10 @@ from dsim.errors import DsimError
 from dsim.ml.dm import init_from_real
 from dsim.ml.dsa import default_strategy, derive_seed
 from dsim.ml.evaluate import evaluate, evaluate_synthetic
-from dsim.ml.models import build_model, param_count
+from dsim.ml.models import build_model, param_count, spec_from_options
 from dsim.ml.mtt import distill_mtt, train_experts
 from dsim.ml.train import train_model
 from dsim.node import Node
-from dsim.nodes.fedavg import model_spec
 from dsim.program import Program
 from dsim.transport import NodeTimeout
 
@@ -117,7 +116,7 @@ def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.
                         opts: Mapping[str, Any], *, num_classes: int, dsa_strategy: str | None, seed: int,
                         log: Any) -> dict[str, Any]:
     """Grid search over (optimizer, lr) on the held-out data, then the final scores on the test set."""
-    spec = model_spec(opts)
+    spec = spec_from_options(opts)
     grid = [("sgd", float(lr)) for lr in opts["grid_sgd"]] + [("adam", float(lr)) for lr in opts["grid_adam"]]
     if not grid:
         raise DsimError("mtt.grid_sgd and mtt.grid_adam are both empty: nothing to train the global model with")
@@ -251,7 +250,7 @@ class Client(Node):
     async def distill(self, seed: int, strategy: str | None, has_val: bool,
                       out: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         opts, data, ds = self.options, self.data, self.data.dataset
-        spec = model_spec(opts)
+        spec = spec_from_options(opts)
         params = param_count(build_model(spec, ds.image_shape[0], ds.num_classes, ds.image_shape[-1], 0))
         n_exp, epochs = int(opts["experts"]), int(opts["expert_train_epochs"])
         buffer_mb = n_exp * (epochs + 1) * params * 4 / 2**20
@@ -304,7 +303,7 @@ class Client(Node):
         opts, data = self.options, self.data
         return evaluate_synthetic(
             x, y, data.val_x, data.val_y, num_models=int(opts["client_eval_models"]),
-            epochs=int(opts["client_eval_epochs"]), model=model_spec(opts), seed=derive_seed(seed, -3), lr=lr,
+            epochs=int(opts["client_eval_epochs"]), model=spec_from_options(opts), seed=derive_seed(seed, -3), lr=lr,
             dsa_strategy=strategy, num_classes=data.dataset.num_classes,
         )["mean"]
 
