@@ -4,7 +4,7 @@ Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick]
 Writes benchmarks/results/runtime.json (runtime-quick.json with --quick) and prints a table.
 
 a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm exchange`, one process
-   per node), beside bare pyzmq doing the same pattern in 8 forked processes: blocking sockets, and
+   per node, and packed 4 nodes per process so each core runs one process), beside bare pyzmq doing the same pattern in 8 forked processes: blocking sockets, and
    zmq.asyncio (the layer dsim is built on), so the gap splits into "asyncio" and "dsim's own" parts.
    CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
    on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same pattern, this machine): ~31-41k msgs/s
@@ -301,9 +301,10 @@ def best_of(repeats: int, fn: Callable[[], dict[str, Any]], key: str = "msgs_per
 def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, (size, rounds) in sizes.items():
-        def dsim_run(size: int = size, rounds: int = rounds) -> dict[str, Any]:
+        def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1) -> dict[str, Any]:
             run = run_dsim(fresh_dir(tmp, "exchange"),
                            ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
+                            "--nodes-per-process", str(per_process),
                             "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}"])
             res = run["results"]
             if run["exit_code"] != 0 or "msgs_per_s" not in res:
@@ -317,6 +318,8 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
 
         entry = {"bytes": size, "rounds": rounds, "nodes": 8, "topology": "ring",
                  "dsim": best_of(repeats, dsim_run),
+                 # 4 nodes per process: one process per core; ring neighbours in a process use inproc
+                 "dsim_packed": best_of(repeats, lambda: dsim_run(per_process=4)),
                  "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
                  "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
         entry["dsim_vs_pyzmq_sync"] = round(entry["dsim"]["msgs_per_s"] / entry["pyzmq_sync"]["msgs_per_s"], 3)
@@ -380,7 +383,7 @@ def print_table(report: dict[str, Any]) -> None:
           f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
     print(f"\n{'ring of 8, lock-step':<22}{'msgs/s':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
     for label, entry in report["throughput"].items():
-        for impl in ("dsim", "pyzmq_sync", "pyzmq_asyncio"):
+        for impl in ("dsim", "dsim_packed", "pyzmq_sync", "pyzmq_asyncio"):
             r = entry[impl]
             setup = r.get("startup_s", r.get("connection_setup_s"))
             print(f"{label + ' ' + impl:<22}{r['msgs_per_s']:>10.0f}{r['mb_per_s']:>9.1f}"

@@ -106,8 +106,10 @@ class Node:
 
     async def recv(self, kind: str, src: int | None = None, timeout: float | None = None) -> Message:
         """Wait for the next `kind` message (from `src` if given); raises NodeTimeout after `timeout` s."""
-        who = f"node {self.rank} ({self._ctx.role})"
-        return await self._ctx.endpoint.mailbox.get(kind, src, timeout or self.timeout, who)
+        return await self._ctx.endpoint.mailbox.get(kind, src, timeout or self.timeout, self._who)
+
+    def _who(self) -> str:
+        return f"node {self.rank} ({self._ctx.role})"
 
     async def broadcast(self, kind: str, payload: Any = None, dsts: Iterable[int] | None = None) -> int:
         """Send the same payload to `dsts` (default: the neighbours). Returns the bytes sent."""

@@ -20,6 +20,7 @@ import zmq.asyncio
 from dsim import wire
 from dsim.errors import DsimError
 
+_NOBLOCK = int(zmq.NOBLOCK)
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 
 
@@ -110,7 +111,7 @@ class Mailbox:
                 return msg
         return None
 
-    async def get(self, kind: str, src: int | None, timeout: float, who: str) -> Message:
+    async def get(self, kind: str, src: int | None, timeout: float, who: Callable[[], str]) -> Message:
         msg = self.take(kind, src)
         if msg is not None:
             return msg
@@ -122,7 +123,7 @@ class Mailbox:
                 return await fut
         except TimeoutError:
             origin = "any node" if src is None else f"node {src}"
-            raise NodeTimeout(f"{who} waited {timeout:g} s for '{kind}' from {origin}") from None
+            raise NodeTimeout(f"{who()} waited {timeout:g} s for '{kind}' from {origin}") from None
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
@@ -239,11 +240,14 @@ class Endpoint:
 
     def _drain(self) -> None:
         """Receive everything queued on the ROUTER (its FD is edge-triggered), a bounded batch at a time."""
-        sock = self._router_fast
-        for _ in range(256):
-            if self._reader_fd is None or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
-            self._handle(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+        if self._reader_fd is None:
+            return
+        recv = self._router_fast.recv_multipart
+        try:
+            for _ in range(256):
+                self._handle(recv(_NOBLOCK, copy=False))
+        except zmq.Again:
+            return
         asyncio.get_running_loop().call_soon(self._drain)  # more waiting: let other tasks run first
 
     def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
@@ -261,7 +265,7 @@ class Endpoint:
         if nbytes > self.max_bytes:
             return self._drop("too large", nbytes, identity)
         try:
-            header, packed = wire.peek_header(body[0].bytes)
+            header, payload = wire.decode(body[0].bytes, [f.buffer for f in body[1:]])
         except wire.WireError as exc:
             return self._drop(str(exc), nbytes, identity)
         if header.run != self.run:
@@ -277,10 +281,6 @@ class Endpoint:
             if len(self.hello_from) == len(self.neighbours):
                 self._hello_event.set()
             return None
-        try:
-            payload = wire.decode_payload(packed, [f.buffer for f in body[1:]])
-        except wire.WireError as exc:
-            return self._drop(str(exc), nbytes, identity)
         self.mailbox.put(Message(header.src, header.kind, payload, nbytes))
         return None
 

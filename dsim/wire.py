@@ -106,11 +106,14 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
     return [header, *buffers]
 
 
-def peek_header(frame: bytes | memoryview) -> tuple[Header, Any]:
-    """Decode routing fields only; the payload stays packed so a relay never touches the arrays."""
+def decode(frame: bytes | memoryview, buffers: list) -> tuple[Header, Any]:
+    """Decode a message in one pass: routing fields, and a payload whose arrays are views of the frames."""
+    used: set[int] = set()
     try:
         obj = msgpack.unpackb(frame, raw=False, strict_map_key=False,
-                              ext_hook=lambda code, data: msgpack.ExtType(code, data))
+                              ext_hook=lambda code, data: _rebuild(code, data, buffers, used))
+    except WireError:
+        raise
     except Exception as exc:  # msgpack raises many types for garbage
         raise WireError(f"undecodable header ({type(exc).__name__})") from None
     if not isinstance(obj, dict) or obj.get("v") != VERSION:
@@ -119,38 +122,21 @@ def peek_header(frame: bytes | memoryview) -> tuple[Header, Any]:
         header = Header(str(obj["r"]), int(obj["s"]), int(obj["d"]), str(obj["k"]))
     except (KeyError, TypeError, ValueError):
         raise WireError("header misses routing fields") from None
+    if len(used) != len(buffers):
+        raise WireError(f"{len(buffers)} buffer frames but {len(used)} referenced")
     return header, obj.get("p")
 
 
-def decode_payload(packed: Any, buffers: list) -> Any:
-    """Rebuild the payload, turning extension placeholders into views over the received frames."""
-    used: set[int] = set()
-
-    def walk(obj: Any) -> Any:
-        if isinstance(obj, msgpack.ExtType):
-            return _rebuild(obj, buffers, used)
-        if isinstance(obj, list):
-            return [walk(x) for x in obj]
-        if isinstance(obj, dict):
-            return {k: walk(v) for k, v in obj.items()}
-        return obj
-
-    payload = walk(packed)
-    if len(used) != len(buffers):
-        raise WireError(f"{len(buffers)} buffer frames but {len(used)} referenced")
-    return payload
-
-
-def _rebuild(ext: msgpack.ExtType, buffers: list, used: set[int]) -> Any:
+def _rebuild(code: int, data: bytes, buffers: list, used: set[int]) -> Any:
     try:
-        if ext.code == _EXT_ARRAY:
-            index, dtype, shape, origin = msgpack.unpackb(ext.data, raw=False)
+        if code == _EXT_ARRAY:
+            index, dtype, shape, origin = msgpack.unpackb(data, raw=False)
             index = int(index)
-        elif ext.code == _EXT_INLINE:
-            dtype, shape, origin, buf = msgpack.unpackb(ext.data, raw=False)
+        elif code == _EXT_INLINE:
+            dtype, shape, origin, buf = msgpack.unpackb(data, raw=False)
             index = -1
         else:
-            raise WireError(f"unknown extension type {ext.code}")
+            raise WireError(f"unknown extension type {code}")
         shape = tuple(int(s) for s in shape)
     except WireError:
         raise

@@ -12,9 +12,9 @@ from dsim import wire
 
 def roundtrip(payload):
     frames = wire.encode("run1", 3, 7, "model", payload)
-    header, packed = wire.peek_header(bytes(frames[0]))
+    header, out = wire.decode(bytes(frames[0]), [bytes(f) for f in frames[1:]])
     assert header == wire.Header("run1", 3, 7, "model")
-    return frames, wire.decode_payload(packed, [bytes(f) for f in frames[1:]])
+    return frames, out
 
 
 def test_large_arrays_travel_as_their_own_frames_small_ones_inline() -> None:
@@ -49,15 +49,15 @@ def test_objects_that_are_not_data_are_refused() -> None:
 @pytest.mark.parametrize("frame", [b"", b"\x00\x01garbage", msgpack.packb([1, 2]), msgpack.packb({"v": 99})])
 def test_garbled_headers_raise_wire_error(frame: bytes) -> None:
     with pytest.raises(wire.WireError):
-        wire.peek_header(frame)
+        wire.decode(frame, [])
 
 
 def test_buffer_that_does_not_match_its_descriptor_is_refused() -> None:
     frames = wire.encode("r", 0, 1, "k", {"x": np.zeros(wire.INLINE_MAX, dtype=np.float64)})
-    _, packed = wire.peek_header(bytes(frames[0]))
+    header = bytes(frames[0])
     with pytest.raises(wire.WireError):
-        wire.decode_payload(packed, [b"\x00" * 79])
+        wire.decode(header, [b"\x00" * 79])
     with pytest.raises(wire.WireError):
-        wire.decode_payload(packed, [])
+        wire.decode(header, [])
     with pytest.raises(wire.WireError):
-        wire.decode_payload(packed, [bytes(frames[1]), b"extra"])
+        wire.decode(header, [bytes(frames[1]), b"extra"])
