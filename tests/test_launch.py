@@ -256,3 +256,31 @@ def test_ctrl_c_stops_every_process(tmp_path) -> None:
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert summary(out)["status"] == "interrupted"
     assert all_gone(pids.values())
+
+
+def test_machines_with_different_data_files_refuse_to_start(tmp_path, mnist_dir) -> None:
+    """Machine 1 holds an altered MNIST file: it refuses up front naming the file; machine 0 gives up."""
+    import shutil
+
+    altered = tmp_path / "data" / "mnist"
+    altered.mkdir(parents=True)
+    for f in (mnist_dir / "mnist").iterdir():
+        shutil.copy(f, altered / f.name)
+    labels = altered / "t10k-labels-idx1-ubyte.gz"
+    labels.chmod(0o644)
+    with open(labels, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 slots=2\n127.0.0.2 slots=2\n")
+    common = ["--nodes", "3", "--topology", "star", "--algorithm", "base", "--dataset", "mnist", "--hosts", str(hosts),
+              "--set", f"net.master_port={free_port()}", "--set", "net.start_timeout=15"]
+    procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i),
+                               "--data-dir", str(mnist_dir if i == 0 else tmp_path / "data")) for i in range(2)]
+    errors = []
+    for proc, _ in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        errors.append(stderr)
+    assert "t10k-labels-idx1-ubyte.gz" in errors[1] and "MD5" in errors[1].upper(), errors[1]
+    assert "machine 1" in errors[0], errors[0]
