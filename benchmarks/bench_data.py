@@ -7,9 +7,10 @@ Writes benchmarks/results/data.json. Target: about a second or less for each fig
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from results_file import write_results  # benchmarks/ is the script's folder
 
 from dsim.data.datasets import clear_cache, load_dataset
 from dsim.data.partition import PARTITIONERS, partition_indices
@@ -44,9 +45,7 @@ def main() -> None:
     results["partition_dirichlet_beta0.1_floor5_100_nodes_s"] = _timed(
         lambda: partition_indices(labels, 100, "dirichlet", seed=0, beta=0.1, class_floor=5), repeats=3)
 
-    out = ROOT / "benchmarks" / "results" / "data.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"nodes": args.nodes, "seconds": results}, indent=2) + "\n")
+    out = write_results("data", {"nodes": args.nodes, "seconds": results})
     width = max(map(len, results))
     for name, seconds in results.items():
         print(f"{name:<{width}}  {seconds:8.4f} s")

@@ -12,13 +12,12 @@ Writes benchmarks/results/dm.json and prints a table. Random tensors, no dataset
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from results_file import write_results  # benchmarks/ is the script's folder
 
 from dsim.ml.dm import (
     CHUNK,
@@ -153,9 +152,7 @@ def main() -> None:
         },
         "dm_update_max_abs": float((dm_out["per_class_loop"] - syn_x).abs().max()),
     }  # fmt: skip
-    out = Path(__file__).resolve().parent / "results" / "dm.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("dm", result)
 
     print(
         f"DM on 1x{SIZE}x{SIZE}, {CLASSES} classes, IPC {IPC}, real batch {args.batch_real}/class, "

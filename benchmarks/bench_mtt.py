@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 import torch
+from results_file import write_results  # benchmarks/ is the script's folder
 
 from dsim.ml.dsa import default_strategy
 from dsim.ml.models import build_model, param_count
@@ -156,9 +157,7 @@ def main() -> None:
         "distill": runs,
         "memory_fit": fit,
     }  # fmt: skip
-    out = Path(__file__).resolve().parent / "results" / "mtt.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("mtt", result)
 
     print(
         f"MTT on 1x{SIZE}x{SIZE}, {CLASSES} classes, ConvNet-3 ({params} params), "

@@ -36,6 +36,7 @@ import msgpack
 import psutil
 import zmq
 import zmq.asyncio
+from results_file import write_results  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DSIM = Path(sys.executable).with_name("dsim")
@@ -419,9 +420,7 @@ def main() -> None:
         report["largest"] = largest(Path(tmp), scale, per_process)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
-    out = ROOT / "benchmarks" / "results" / ("runtime-quick.json" if args.quick else "runtime.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results("runtime-quick" if args.quick else "runtime", report)
     print_table(report)
     print(f"\nwritten to {out.relative_to(ROOT)} in {report['benchmark_wall_s']:.0f} s")
 
