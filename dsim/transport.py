@@ -214,8 +214,10 @@ class Endpoint:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
         for n in self.neighbours:
             await self.send(n, "hello", None)
+        if not self.neighbours:
+            return
         try:
-            await asyncio.wait_for(self._hello_event.wait(), timeout) if self.neighbours else None
+            await asyncio.wait_for(self._hello_event.wait(), timeout)
         except TimeoutError:
             missing = sorted(set(self.neighbours) - self.hello_from)
             raise NodeTimeout(f"node {self.rank} heard no hello from neighbours {missing} in {timeout:g} s") from None
