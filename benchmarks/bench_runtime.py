@@ -3,12 +3,13 @@
 Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick]
 Writes benchmarks/results/runtime.json (runtime-quick.json with --quick) and prints a table.
 
-a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm exchange`, one process
-   per node, and packed 4 nodes per process so each core runs one process), beside bare pyzmq doing the same pattern in 8 forked processes: blocking sockets, and
-   zmq.asyncio (the layer dsim is built on), so the gap splits into "asyncio" and "dsim's own" parts.
+a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm exchange`) in four
+   layouts: one process per node on uvloop (the default) and on asyncio's own loop; 4 nodes per process
+   (one process per core; neighbours in a process talk in memory); all 8 in one process. Beside them,
+   bare pyzmq doing the same pattern in 8 forked processes, with blocking sockets and with zmq.asyncio.
    CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
-   on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same pattern, this machine): ~31-41k msgs/s
-   at 1 KB, ~600 msgs/s at 1 MB, 0.15 s connection set-up.
+   on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same
+   pattern, this machine): ~31-41k msgs/s at 1 KB, ~600 msgs/s at 1 MB, 0.15 s connection set-up.
 b. Start-up of gossip runs: summary startup_s and the wall time of the whole `dsim launch` command.
 c. Growing gossip runs packed 100 nodes per process until the first failure, with peak memory.
 """
@@ -302,10 +303,11 @@ def best_of(repeats: int, fn: Callable[[], dict[str, Any]], key: str = "msgs_per
 def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, (size, rounds) in sizes.items():
-        def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1) -> dict[str, Any]:
+        def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1,
+                     loop: str = "auto") -> dict[str, Any]:
             run = run_dsim(fresh_dir(tmp, "exchange"),
                            ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
-                            "--nodes-per-process", str(per_process),
+                            "--nodes-per-process", str(per_process), "--set", f"net.event_loop={loop}",
                             "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}"])
             res = run["results"]
             if run["exit_code"] != 0 or "msgs_per_s" not in res:
@@ -314,13 +316,18 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
                 "msgs": res["msgs"], "seconds": round(res["seconds"], 4),
                 "msgs_per_s": round(res["msgs_per_s"], 1), "mb_per_s": round(res["mb_per_s"], 1),
                 "startup_s": run["timings"].get("startup_s"), "command_wall_s": run["command_wall_s"],
-                "cpu_us_per_msg": round(run["exchange_cpu_s"] / res["msgs"] * 1e6, 1),
+                # every node reports its whole process's CPU: count each process once
+                "cpu_us_per_msg": round(run["exchange_cpu_s"] / per_process / res["msgs"] * 1e6, 1),
             }
 
         entry = {"bytes": size, "rounds": rounds, "nodes": 8, "topology": "ring",
+                 # one process per node, on uvloop (the default when installed) and on asyncio's own loop
                  "dsim": best_of(repeats, dsim_run),
-                 # 4 nodes per process: one process per core; ring neighbours in a process use inproc
+                 "dsim_asyncio_loop": best_of(repeats, lambda: dsim_run(loop="asyncio")),
+                 # 4 nodes per process: one process per core; ring neighbours in a process talk in memory
                  "dsim_packed": best_of(repeats, lambda: dsim_run(per_process=4)),
+                 # all 8 in one process: every message in memory, one core
+                 "dsim_one_process": best_of(repeats, lambda: dsim_run(per_process=8)),
                  "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
                  "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
         entry["dsim_vs_pyzmq_sync"] = round(entry["dsim"]["msgs_per_s"] / entry["pyzmq_sync"]["msgs_per_s"], 3)
@@ -379,15 +386,18 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 # --- report ----------------------------------------------------------------------------------
 
 
+IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "pyzmq_sync", "pyzmq_asyncio")
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(f"machine: {report['machine']['cpu_count']} CPUs, python {report['machine']['python']}, "
           f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
-    print(f"\n{'ring of 8, lock-step':<22}{'msgs/s':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
+    print(f"\n{'ring of 8, lock-step':<26}{'msgs/s':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
     for label, entry in report["throughput"].items():
-        for impl in ("dsim", "dsim_packed", "pyzmq_sync", "pyzmq_asyncio"):
+        for impl in IMPLEMENTATIONS:
             r = entry[impl]
             setup = r.get("startup_s", r.get("connection_setup_s"))
-            print(f"{label + ' ' + impl:<22}{r['msgs_per_s']:>10.0f}{r['mb_per_s']:>9.1f}"
+            print(f"{label + ' ' + impl:<26}{r['msgs_per_s']:>10.0f}{r['mb_per_s']:>9.1f}"
                   f"{r['cpu_us_per_msg']:>12.1f}{setup:>10.3f}")
     print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
     for label, r in report["startup"].items():

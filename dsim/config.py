@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -49,9 +50,12 @@ DEFAULTS: dict[str, Any] = {
         "heartbeat": 0.5,
         "heartbeat_timeout": 60.0,
         "start_timeout": 120.0,
+        "event_loop": "auto",  # node processes: auto (uvloop when installed) | uvloop | asyncio
     },
     "data": DATA_DEFAULTS,
 }
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 # Keys that legitimately differ between machines of one run; left out of the fingerprint.
 MACHINE_LOCAL = ("out", "data.data_dir", "data.download")
@@ -176,6 +180,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise DsimError("net.max_message_mb must be positive")
     if net["heartbeat"] <= 0 or net["heartbeat_timeout"] <= net["heartbeat"]:
         raise DsimError("net.heartbeat must be positive and smaller than net.heartbeat_timeout")
+    if net["event_loop"] not in EVENT_LOOPS:
+        raise DsimError(f"net.event_loop must be one of {', '.join(EVENT_LOOPS)}, got {net['event_loop']!r}")
+    if net["event_loop"] == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise DsimError("net.event_loop = 'uvloop' but uvloop is not installed (pip install uvloop)")
     parse_port_range(net["ports"])
 
 

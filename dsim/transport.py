@@ -1,5 +1,9 @@
 """One node's network endpoint: a bound ROUTER for everything it receives, a DEALER per neighbour.
 
+Neighbours hosted by the same process are delivered in memory: the same encoded frames, copied as a
+socket would copy them, handed to the receiver's loop in send order. The accounting and checks are the
+same either way; only ZeroMQ's pipes and wake-ups are skipped.
+
 Messages to a node that is not a neighbour go to the next hop of a shortest path and are forwarded
 unchanged (frames untouched) by every relay, which counts the bytes it forwards. Every frame is counted
 where it is sent and where it is received, so with no failures the totals agree. Frames that are garbled,
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,18 +119,32 @@ class Mailbox:
         msg = self.take(kind, src)
         if msg is not None:
             return msg
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         entry = (kind, src, fut)
         self._waiters.append(entry)
+        # A bare timer (no asyncio.timeout scope): this is every message's path in lock-step programs.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
-            origin = "any node" if src is None else f"node {src}"
-            raise NodeTimeout(f"{who()} waited {timeout:g} s for '{kind}' from {origin}") from None
-        finally:
+            return await fut  # `put` removed the waiter when it delivered
+        except BaseException as exc:
             if entry in self._waiters:
                 self._waiters.remove(entry)
+            if isinstance(exc, _Expired):
+                origin = "any node" if src is None else f"node {src}"
+                raise NodeTimeout(f"{who()} waited {timeout:g} s for '{kind}' from {origin}") from None
+            raise
+        finally:
+            timer.cancel()
+
+
+class _Expired(Exception):
+    """Internal: a mailbox wait's timer fired before its message came."""
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
 
 
 class Endpoint:
@@ -144,6 +162,7 @@ class Endpoint:
         self.ctx, self.rank = ctx, rank
         self.run = ""  # the run id arrives with the peer table
         self.neighbours = neighbours
+        self._neighbour_set = frozenset(neighbours)
         self.next_hop = next_hop
         self.max_bytes = max_bytes
         self.log = log
@@ -156,6 +175,9 @@ class Endpoint:
         self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.dealers: dict[int, zmq.asyncio.Socket] = {}
+        self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
+        self._identity = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Plain (blocking-API) views of the same sockets: the hot path sends and drains without
         # creating a future per message; the asyncio sockets are the fallback when a send would block.
         self._fast: dict[int, zmq.Socket] = {}
@@ -179,36 +201,36 @@ class Endpoint:
         except zmq.ZMQError as exc:
             raise DsimError(f"node {self.rank}: cannot bind on {host}: {exc}") from None
         self.address = f"tcp://{host}:{port}"
-        self.router.bind(self.inproc_address(self.rank))  # for neighbours in the same process
         return self.address
 
-    @staticmethod
-    def inproc_address(rank: int) -> str:
-        return f"inproc://dsim-node-{rank}"
-
-    def connect(self, run: str, addresses: dict[int, str], same_process: frozenset[int] = frozenset()) -> None:
+    def connect(self, run: str, addresses: dict[int, str], local: Mapping[int, Endpoint] | None = None) -> None:
         """Open a link to every neighbour and start receiving; identities carry the run id.
 
-        Neighbours hosted by this same process are reached in memory (inproc), the others over TCP;
-        the frames and their accounting are the same either way.
+        Neighbours whose endpoint is in `local` (hosted by this process) are reached in memory, the
+        others over TCP; the frames and their accounting are the same either way.
         """
         self.run = run
+        self._identity = f"{run}:{self.rank}".encode()
         self._identity_to_rank = {f"{run}:{n}".encode(): n for n in self.neighbours}
+        self._loop = asyncio.get_running_loop()
+        local = local or {}
         for n in self.neighbours:
+            if n in local:
+                self._local[n] = local[n]
+                continue
             sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, f"{self.run}:{self.rank}".encode())
+            sock.setsockopt(zmq.IDENTITY, self._identity)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.copy_threshold = NEVER_COPY_BELOW
-            sock.connect(self.inproc_address(n) if n in same_process else addresses[n])
+            sock.connect(addresses[n])
             self.dealers[n] = sock
             fast = zmq.Socket.shadow(sock.underlying)
             fast.copy_threshold = NEVER_COPY_BELOW
             self._fast[n] = fast
-        loop = asyncio.get_running_loop()
         self._reader_fd = self._router_fast.getsockopt(zmq.FD)
-        loop.add_reader(self._reader_fd, self._drain)
-        loop.call_soon(self._drain)  # messages may have queued before the reader existed
+        self._loop.add_reader(self._reader_fd, self._drain)
+        self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
 
     async def say_hello(self, timeout: float) -> None:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
@@ -224,7 +246,7 @@ class Endpoint:
 
     async def send(self, dst: int, kind: str, payload: Any, timeout: float | None = None) -> int:
         """Send to any node of the graph; returns the bytes put on the wire."""
-        hop = dst if dst in self.dealers else self.next_hop.get(dst)
+        hop = dst if dst in self._neighbour_set else self.next_hop.get(dst)
         if hop is None or dst == self.rank:
             raise ValueError(f"node {self.rank} cannot send to {dst}: not another node of this graph")
         frames = wire.encode(self.run, self.rank, dst, kind, payload)
@@ -234,6 +256,10 @@ class Endpoint:
                 f"node {self.rank}: '{kind}' message to {dst} is {nbytes} bytes, over net.max_message_mb"
             )
         self.counters.sent(kind, nbytes)
+        peer = self._local.get(hop)
+        if peer is not None:  # a snapshot, as a socket takes: later writes to the arrays do not travel
+            peer.deliver(self._identity, [frames[0], *(bytes(f) for f in frames[1:])])
+            return nbytes
         try:
             self._fast[hop].send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
         except zmq.Again:
@@ -247,27 +273,36 @@ class Endpoint:
         recv = self._router_fast.recv_multipart
         try:
             for _ in range(256):
-                self._handle(recv(_NOBLOCK, copy=False))
+                frames = recv(_NOBLOCK, copy=False)
+                self._handle(frames[0].bytes, [f.buffer for f in frames[1:]])
         except zmq.Again:
             return
-        asyncio.get_running_loop().call_soon(self._drain)  # more waiting: let other tasks run first
+        self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
+
+    def deliver(self, identity: bytes, body: list) -> None:
+        """Take a message from a node in this process; it is handled on the next loop turn, in order."""
+        self._loop.call_soon(self._handle_local, identity, body)
+
+    def _handle_local(self, identity: bytes, body: list) -> None:
+        if self._reader_fd is not None:  # closed endpoints lose what was in flight, as sockets do
+            self._handle(identity, body)
 
     def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
         self.counters.msgs_dropped += 1
         self.counters.bytes_dropped += nbytes
         self.log("dropped", reason=reason, nbytes=nbytes, peer=identity[:64].decode("utf-8", "replace"))
 
-    def _handle(self, frames: list) -> None:
-        """Deliver, relay or drop one received message. No await here: relays count atomically."""
-        identity = frames[0].bytes
-        body = frames[1:]
+    def _handle(self, identity: bytes, body: list) -> None:
+        """Deliver, relay or drop one received message (body: its frames' buffers).
+
+        No await here: relays count atomically."""
         nbytes = sum(len(f) for f in body)
         if not body:
             return self._drop("empty message", nbytes, identity)
         if nbytes > self.max_bytes:
             return self._drop("too large", nbytes, identity)
         try:
-            header, payload = wire.decode(body[0].bytes, [f.buffer for f in body[1:]])
+            header, payload = wire.decode(body[0], body[1:])
         except wire.WireError as exc:
             return self._drop(str(exc), nbytes, identity)
         if header.run != self.run:
@@ -288,14 +323,18 @@ class Endpoint:
 
     def _relay(self, header: wire.Header, body: list, nbytes: int) -> None:
         hop = self.next_hop.get(header.dst)
-        if hop is None or hop not in self.dealers:
+        peer = self._local.get(hop)
+        if hop is None or (hop not in self.dealers and peer is None):
             self.log("dropped", reason=f"no route to {header.dst}", nbytes=nbytes)
             return
         self.counters.sent(header.kind, nbytes)
         self.counters.bytes_relayed += nbytes
         self.counters.msgs_relayed += 1
         # Synchronous enqueue keeps "received" and "forwarded" in one step for termination counting.
-        self._fast[hop].send_multipart(body, copy=False)
+        if peer is not None:
+            peer.deliver(self._identity, body)
+        else:
+            self._fast[hop].send_multipart(body, copy=False)
 
     def close(self) -> None:
         if self._reader_fd is not None:

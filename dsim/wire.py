@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
-_descriptor_packer = msgpack.Packer(use_bin_type=True)
 _dtype_names: dict[np.dtype, str] = {}
+_NP_DTYPES = {name: np.dtype("int16" if name == "bfloat16" else name) for name in ALLOWED_DTYPES}
 
 
 class WireError(ValueError):
@@ -76,21 +77,25 @@ def _dtype_name(dtype: np.dtype) -> str:
     return name
 
 
-def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
-    """Encode one message into frames; arrays become separate frames without an extra copy."""
-    buffers: list = []
+class _Encoder(threading.local):
+    """One msgpack Packer per thread, reused: building a Packer costs more than packing a small header."""
 
-    def default(obj: Any) -> Any:
+    def __init__(self) -> None:
+        self.buffers: list = []
+        self.packer = msgpack.Packer(default=self.default, use_bin_type=True)
+        self.descriptors = msgpack.Packer(use_bin_type=True)
+
+    def default(self, obj: Any) -> Any:
         found = _array_of(obj)
         if found is not None:
             arr, dtype, origin = found
             if dtype not in ALLOWED_DTYPES:
                 raise TypeError(f"dtype {dtype} cannot be sent")
             if arr.nbytes <= INLINE_MAX:
-                meta = _descriptor_packer.pack([dtype, list(arr.shape), origin, arr.tobytes()])
+                meta = self.descriptors.pack([dtype, list(arr.shape), origin, arr.tobytes()])
                 return msgpack.ExtType(_EXT_INLINE, meta)
-            buffers.append(memoryview(arr).cast("B") if arr.size else b"")
-            meta = _descriptor_packer.pack([len(buffers) - 1, dtype, list(arr.shape), origin])
+            self.buffers.append(memoryview(arr).cast("B") if arr.size else b"")
+            meta = self.descriptors.pack([len(self.buffers) - 1, dtype, list(arr.shape), origin])
             return msgpack.ExtType(_EXT_ARRAY, meta)
         if isinstance(obj, np.generic):
             return obj.item()
@@ -98,11 +103,21 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
             return list(obj)
         raise TypeError(f"cannot send an object of type {type(obj).__name__}")
 
-    header = msgpack.packb(
-        {"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": payload},
-        default=default,
-        use_bin_type=True,
-    )
+
+_encoder = _Encoder()
+
+
+def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
+    """Encode one message into frames; arrays become separate frames without an extra copy."""
+    enc = _encoder
+    enc.buffers = buffers = []
+    try:
+        header = enc.packer.pack({"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": payload})
+    except BaseException:
+        enc.packer.reset()  # a failed pack leaves partial bytes behind
+        raise
+    finally:
+        enc.buffers = []
     return [header, *buffers]
 
 
@@ -151,7 +166,7 @@ def _rebuild(code: int, data: bytes, buffers: list, used: set[int]) -> Any:
         buf = buffers[index]
     elif not isinstance(buf, bytes):
         raise WireError("bad inline array")
-    np_dtype = np.dtype("int16" if dtype == "bfloat16" else dtype)
+    np_dtype = _NP_DTYPES[dtype]
     count = math.prod(shape)
     if count * np_dtype.itemsize != len(buf):
         raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")

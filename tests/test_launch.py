@@ -71,6 +71,21 @@ def test_relays_count_the_bytes_they_forward(tmp_path) -> None:
     assert summary(out)["results"]["replies"] == 10
 
 
+def test_in_memory_delivery_counts_exactly_what_sockets_count(tmp_path) -> None:
+    """Neighbours packed into one process skip ZeroMQ; the frames, relays and byte counts stay the same."""
+    tables = {}
+    for per_process in (1, 6):
+        out = tmp_path / f"run-{per_process}"
+        res = run_dsim("launch", "--nodes", "5", "--topology", "ring", "--algorithm", "gather", "--out", str(out),
+                       "--set", "rounds=2", "--set", "gather.size=1000", "--nodes-per-process", str(per_process))
+        assert res.returncode == 0, res.stderr
+        columns = ("role", "bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "bytes_relayed")
+        tables[per_process] = {r["rank"]: [r[c] for c in columns] for r in read_csv(out / "bandwidth.csv")}
+        assert summary(out)["results"]["replies"] == 10
+    assert int(tables[6]["1"][-1]) > 0  # node 1 relays for node 3 in memory
+    assert tables[6] == tables[1]
+
+
 def launch_background(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "run"
     proc = subprocess.Popen([dsim_script(), "launch", "--out", str(out), *args], stdout=subprocess.PIPE,
