@@ -31,6 +31,7 @@ def test_precedence_and_nested_set(tmp_path) -> None:
     ("nodes", "expects key=value"),
     ("nodes=0", "at least 1"),
     ("net.ports=10-5", "net.ports"),
+    ("net.event_loop=trio", "net.event_loop must be one of auto, uvloop, asyncio"),
 ])
 def test_bad_settings_are_one_line_errors(assignment: str, message: str) -> None:
     with pytest.raises(DsimError, match=message):

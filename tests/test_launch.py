@@ -34,7 +34,11 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("topology, extra", [("ring", []), ("regular", ["--set", "graph.degree=4"])])
+@pytest.mark.parametrize("topology, extra", [
+    ("ring", []),
+    ("regular", ["--set", "graph.degree=4"]),
+    ("ring", ["--set", "net.event_loop=asyncio", "--nodes-per-process", "3"]),  # asyncio's own loop, packed
+])
 def test_gossip_reaches_consensus(tmp_path, topology, extra) -> None:
     out = tmp_path / "run"
     res = run_dsim("launch", "--nodes", "8", "--topology", topology, "--algorithm", "gossip", "--out", str(out),
@@ -84,6 +88,17 @@ def test_in_memory_delivery_counts_exactly_what_sockets_count(tmp_path) -> None:
         assert summary(out)["results"]["replies"] == 10
     assert int(tables[6]["1"][-1]) > 0  # node 1 relays for node 3 in memory
     assert tables[6] == tables[1]
+
+
+@pytest.mark.parametrize("per_process", [1, 2])
+def test_a_message_holds_its_arrays_as_they_were_at_send(tmp_path, per_process) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    res = subprocess.run([dsim_script(), "launch", "--nodes", "2", "--topology", "full", "--algorithm",
+                          "testprogs.snapshot", "--nodes-per-process", str(per_process), "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert summary(out)["results"]["per_node"]["1"]["minimums"] == [7.0, 7.0, 7.0]
 
 
 def launch_background(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
