@@ -1,7 +1,7 @@
 """DM speed: batched (one forward for all classes) vs the per-class loop, on MNIST-shaped tensors.
 
 Measures (same process, runs interleaved so machine load hits both alike):
-- DM iterations/s of `distill_dm` vs `distill_dm_per_class_loop` (10 classes, IPC 10, 1x28x28);
+- DM iterations/s of `distill_dm` batched vs `distill_dm(per_class_loop=True)` (10 classes, IPC 10, 1x28x28);
 - CollabDM client mean-embedding throughput (real images/s) of `client_mean_embeddings` vs a
   per-class loop of forwards, and the largest difference between their outputs.
 Writes benchmarks/results/dm.json and prints a table. Random tensors, no dataset needed.
@@ -24,7 +24,6 @@ from dsim.ml.dm import (
     class_index,
     client_mean_embeddings,
     distill_dm,
-    distill_dm_per_class_loop,
     frozen_net,
     init_from_real,
     sample_class_batches,
@@ -109,8 +108,8 @@ def main() -> None:
             "batched_one_call": lambda: distill_dm(
                 syn_x, syn_y, real_x, real_y, chunk=whole, **dm_kw
             ),
-            "per_class_loop": lambda: distill_dm_per_class_loop(
-                syn_x, syn_y, real_x, real_y, **dm_kw
+            "per_class_loop": lambda: distill_dm(
+                syn_x, syn_y, real_x, real_y, per_class_loop=True, **dm_kw
             ),
         },
         args.repeats,

@@ -11,7 +11,6 @@ from dsim.ml.dm import (
     client_mean_embeddings,
     collab_objective,
     distill_dm,
-    distill_dm_per_class_loop,
     dm_loss,
     dm_loss_per_class,
     frozen_net,
@@ -155,7 +154,7 @@ def test_distill_dm_matches_the_per_class_loop_and_supports_pae_with_std():
         "seed": 3, "pae_factor": 2, "match_std": True,
     }  # fmt: skip
     batched = distill_dm(syn_x, syn_y, real_x, real_y, **kwargs)
-    looped = distill_dm_per_class_loop(syn_x, syn_y, real_x, real_y, **kwargs)
+    looped = distill_dm(syn_x, syn_y, real_x, real_y, per_class_loop=True, **kwargs)
     assert not torch.equal(batched, syn_x)
     update = (looped - syn_x).abs().max()
     assert (batched - looped).abs().max() <= 1e-2 * update  # float32 rounding only

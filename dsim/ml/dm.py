@@ -262,6 +262,7 @@ def distill_dm(
     match_std: bool = False,
     progress: ProgressFn | None = None,
     chunk: int = CHUNK,
+    per_class_loop: bool = False,
 ) -> torch.Tensor:
     """Distill (real_x, real_y) into the synthetic images `init_x` (labels `init_y`) by DM.
 
@@ -269,43 +270,15 @@ def distill_dm(
     DSA per class, loss summed over classes, ONE SGD step on the pixels. pae_factor: stored images
     are expanded before embedding; CollabDM-pae clients also set match_std=True (REFERENCE §3).
     Returns the distilled images (same shape as init_x); bit-identical for the same inputs and seed.
+    per_class_loop: the reference code's one forward per class instead of one batched pass (the
+    benchmark baseline); same sampling, networks and steps, so the same images up to float rounding.
     """
+    loss_fn, loss_kwargs = (dm_loss_per_class, {}) if per_class_loop else (dm_loss, {"chunk": chunk})
     return _distill(
-        dm_loss, init_x, init_y, real_x, real_y, iterations=iterations, lr=lr, momentum=momentum,
+        loss_fn, init_x, init_y, real_x, real_y, iterations=iterations, lr=lr, momentum=momentum,
         batch_real=batch_real, model=model, num_classes=num_classes, dsa_strategy=dsa_strategy,
         seed=seed, pae_factor=pae_factor, match_std=match_std, progress=progress,
-        loss_kwargs={"chunk": chunk},
-    )  # fmt: skip
-
-
-def distill_dm_per_class_loop(
-    init_x: torch.Tensor,
-    init_y: torch.Tensor,
-    real_x: torch.Tensor,
-    real_y: torch.Tensor,
-    *,
-    iterations: int,
-    lr: float = 1.0,
-    momentum: float = 0.5,
-    batch_real: int = 256,
-    model: ModelSpec = "convnet",
-    num_classes: int | None = None,
-    dsa_strategy: str | None = DEFAULT_STRATEGY,
-    seed: int = 0,
-    pae_factor: int | None = None,
-    match_std: bool = False,
-    progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """`distill_dm` with the per-class forward loop of the reference code (benchmark baseline only).
-
-    Same sampling, networks, augmentation and single summed step per iteration; only the forward
-    structure differs, so the two return the same images up to float rounding.
-    """
-    return _distill(
-        dm_loss_per_class, init_x, init_y, real_x, real_y, iterations=iterations, lr=lr,
-        momentum=momentum, batch_real=batch_real, model=model, num_classes=num_classes,
-        dsa_strategy=dsa_strategy, seed=seed, pae_factor=pae_factor, match_std=match_std,
-        progress=progress, loss_kwargs={},
+        loss_kwargs=loss_kwargs,
     )  # fmt: skip
 
 
