@@ -314,23 +314,39 @@ def _distill(
     real_index = class_index(real_y)
     syn_index = class_index(init_y)
     classes = [c for c in syn_index if c in real_index]
-    syn = init_x.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     sampler = torch.Generator().manual_seed(derive_seed(seed, _SAMPLING_STREAM))
-    for it in range(iterations):
+
+    def loss_at(it: int, syn: torch.Tensor) -> torch.Tensor:
         net_seed = derive_seed(seed, it)
         net = frozen_net(model, channels, num_classes, size, net_seed)
         real_parts = sample_class_batches(real_x, real_index, classes, batch_real, sampler)
         syn_parts = _syn_parts(syn, syn_index, classes, pae_factor)
         aug_seeds = [derive_seed(net_seed, c) for c in classes]
-        loss = loss_fn(
+        return loss_fn(
             net, real_parts, syn_parts, aug_seeds, dsa_strategy, match_std=match_std, **loss_kwargs
         )
+
+    return _descend(init_x, lr, momentum, iterations, loss_at, progress)
+
+
+def _descend(
+    init: torch.Tensor,
+    lr: float,
+    momentum: float,
+    steps: int,
+    loss_at: Callable[[int, torch.Tensor], torch.Tensor],
+    progress: ProgressFn | None,
+) -> torch.Tensor:
+    """SGD on the pixels of a copy of `init`, one step per loss_at(step, pixels): DM and the CollabDM server."""
+    syn = init.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    for step in range(steps):
+        loss = loss_at(step, syn)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if progress is not None:
-            progress(it + 1, float(loss.detach()))
+            progress(step + 1, float(loss.detach()))
     return syn.detach()
 
 
@@ -438,19 +454,16 @@ def server_refine(
     whole synthetic set of each class is used (no std term, as in the reference server).
     """
     channels, size = _image_shape(syn_x, "synthetic images")
-    syn = syn_x.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     syn_index = class_index(syn_y)
-    for step, (net_seed, target) in enumerate(_target_items(targets)):
+    items = _target_items(targets)
+
+    def loss_at(step: int, syn: torch.Tensor) -> torch.Tensor:
+        net_seed, target = items[step]
         net = frozen_net(model, channels, num_classes, size, net_seed)
         mask = present[net_seed] if present is not None else None
-        loss = _collab_loss(net, syn, syn_index, target, mask, net_seed, dsa_strategy, pae_factor)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if progress is not None:
-            progress(step + 1, float(loss.detach()))
-    return syn.detach()
+        return _collab_loss(net, syn, syn_index, target, mask, net_seed, dsa_strategy, pae_factor)
+
+    return _descend(syn_x, lr, momentum, len(items), loss_at, progress)
 
 
 def collab_objective(
