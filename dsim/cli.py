@@ -10,6 +10,7 @@ import click
 from dsim.errors import DsimError
 
 COMMANDS = {
+    "config": "dsim.commands.config:config",
     "launch": "dsim.commands.launch:launch",
     "topology": "dsim.commands.topology:topology",
     "partition": "dsim.commands.partition:partition",

@@ -1,64 +1,113 @@
-"""The resolved configuration: defaults < config file < CLI flags < --set, validated against the defaults.
+"""The resolved configuration: defaults < config file < CLI flags < --set, typed and checked at once.
 
-Every option lives in one nested dict whose shape is fixed by DEFAULTS (plus the chosen program's own
-table). The resolved dict is what is written to ``config.toml`` and what the start-up fingerprint hashes,
-so two machines can only run together when they resolved the same experiment.
+`Config` declares the core keys and composes the tables each layer declares for itself: `[net]` here,
+`[graph]` in topologies, `[data]` in dsim.data (the dataset and every registered partitioner's
+parameters) and the chosen program's own table. `resolve` merges the raw values and converts them in
+one pass, so every bad key or value, for any program, is refused with one line before anything
+starts. The resolved struct is what nodes read (typed: no casts), what `config.toml` holds and what
+the start-up fingerprint hashes, so two machines can only run together when they resolved the same
+experiment.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
 import importlib.util
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
-import tomli_w
+import msgspec
+from msgspec import Meta
 
+from dsim.data.options import DataOptions
 from dsim.errors import DsimError
+from dsim.options import Options, commented_toml, convert, to_dict
+from dsim.program import Program
+from dsim.topologies.options import GraphOptions
 
-DATA_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "data_dir": "",
-    "download": False,
-    "partition": "iid",
-    "shards": 2,
-    "beta": 0.5,
-    "min_size": 10,
-    "class_floor": 0,
-    "val_fraction": 0.1,
-}
+EventLoop = Literal["auto", "uvloop", "asyncio"]
+_PORTS = re.compile(r"^(\d+)-(\d+)$")
+DEFAULT_ALGORITHM = "collabdm"
+_DEVICE = r"^(auto|cpu|cuda|cuda:\d+)$"
+_GPUS = r"^(\d+(,\d+)*)?$"
 
-DEFAULTS: dict[str, Any] = {
-    "nodes": 10,
-    "topology": "star",
-    "algorithm": "collabdm",
-    "seed": 0,
-    "rounds": 10,
-    "out": "",
-    "nodes_per_process": 1,
-    "timeout": 120.0,
-    "graph": {"degree": 4, "k": 4, "rewire": 0.1, "p": 0.0, "rows": 0},
-    "net": {
-        "host": "127.0.0.1",
-        "ports": "",
-        "master_port": 29400,
-        "max_message_mb": 512.0,
-        "heartbeat": 0.5,
-        "heartbeat_timeout": 60.0,
-        "start_timeout": 120.0,
-        "event_loop": "auto",  # node processes: auto (uvloop when installed) | uvloop | asyncio
-    },
-    "data": DATA_DEFAULTS,
-}
 
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+class NetOptions(Options):
+    """Sockets, start-up and supervision of the node processes."""
+
+    host: Annotated[str, Meta(min_length=1, description="address node sockets bind to on this machine")] = "127.0.0.1"
+    ports: Annotated[str, Meta(description="LO-HI restricts node sockets to a port range; '' = OS-chosen")] = ""
+    master_port: Annotated[int, Meta(ge=1024, le=65535, description="machine 0's coordinator port (runs over many machines)")] = 29400
+    max_message_mb: Annotated[float, Meta(gt=0, description="largest message a node may send or accept, MiB")] = 512.0
+    heartbeat: Annotated[float, Meta(gt=0, description="seconds between a worker's heartbeats")] = 0.5
+    heartbeat_timeout: Annotated[float, Meta(gt=0, description="seconds of silence after which a process counts as dead")] = 60.0
+    start_timeout: Annotated[float, Meta(gt=0, description="seconds allowed for registration, links and the start barrier")] = 120.0
+    event_loop: Annotated[EventLoop, Meta(description="node processes' loop: auto (uvloop when installed), uvloop or asyncio")] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_timeout <= self.heartbeat:
+            raise ValueError(f"heartbeat ({self.heartbeat:g} s) must be smaller than heartbeat_timeout "
+                             f"({self.heartbeat_timeout:g} s)")
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("event_loop = 'uvloop' but uvloop is not installed (pip install uvloop)")
+        parse_port_range(self.ports)
+
+    @property
+    def port_range(self) -> tuple[int, int] | None:
+        return parse_port_range(self.ports)
+
+
+class Config(Options):
+    """The whole experiment. Subclassed per program (see `config_type`) to add the program's table."""
+
+    options_table: ClassVar[str] = ""
+
+    nodes: Annotated[int, Meta(ge=1, description="number of nodes (clients); a server program adds the server")] = 10
+    topology: Annotated[str, Meta(min_length=1, description="graph: star, ring, full, regular, small-world, erdos-renyi, grid, torus, or an edge file")] = "star"
+    algorithm: Annotated[str, Meta(min_length=1, description="node program: a registered name or a module path defining PROGRAM")] = DEFAULT_ALGORITHM
+    seed: Annotated[int, Meta(ge=0, description="seed of everything random: graph, data split, models")] = 0
+    rounds: Annotated[int, Meta(ge=0, description="rounds of round-based programs (gossip, fedavg, dpsgd, exchange)")] = 10
+    out: Annotated[str, Meta(description="run directory; '' = runs/<UTC time>-<algorithm>")] = ""
+    nodes_per_process: Annotated[int, Meta(ge=1, description="nodes packed into one worker process (one event loop)")] = 1
+    timeout: Annotated[float, Meta(gt=0, description="seconds a node waits for a message before failing")] = 120.0
+    device: Annotated[str, Meta(pattern=_DEVICE, description="where models and data live: auto (CUDA when present), cpu, cuda or cuda:N")] = "auto"
+    gpus: Annotated[str, Meta(pattern=_GPUS, description="GPU indices the nodes are spread over, e.g. '0,2'; '' = every visible GPU")] = ""
+    graph: GraphOptions = msgspec.field(default_factory=GraphOptions)
+    net: NetOptions = msgspec.field(default_factory=NetOptions)
+    data: DataOptions = msgspec.field(default_factory=DataOptions)
+
+    @property
+    def program_options(self) -> Options | None:
+        """The chosen program's own table (e.g. config.dm), or None for programs without options."""
+        return getattr(self, self.options_table) if self.options_table else None
+
+
 
 # Keys that legitimately differ between machines of one run; left out of the fingerprint.
-MACHINE_LOCAL = ("out", "data.data_dir", "data.download")
+MACHINE_LOCAL = ("out", "device", "gpus", "data.data_dir", "data.download")
+
+
+def config_type(program: Program) -> type[Config]:
+    """Config plus the program's own table, named as the program declares (e.g. [dm])."""
+    if program.options is None:
+        return Config
+    if program.options_table in Config.__struct_fields__:
+        raise DsimError(f"program {program.name} names its table '{program.options_table}', a core key")
+    return _with_table(program.options_table, program.options)
+
+
+@functools.cache
+def _with_table(table: str, options: type[Options]) -> type[Config]:
+    return msgspec.defstruct(
+        f"{table.title()}Config",
+        [(table, options, msgspec.field(default_factory=options))],
+        bases=(Config,), kw_only=True, frozen=True, forbid_unknown_fields=True,
+        namespace={"options_table": table, "__doc__": Config.__doc__},
+    )
 
 
 def parse_value(text: str) -> Any:
@@ -69,140 +118,94 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check a value against the default's type; ints are accepted where floats are expected."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-    elif isinstance(default, list):
-        if isinstance(value, list):
-            return value
-    elif isinstance(default, dict):
-        raise DsimError(f"config key '{key}' is a table; set its keys, e.g. {key}.<name>=...")
-    else:
-        return value
-    raise DsimError(f"config key '{key}' expects {type(default).__name__}, got {value!r}")
-
-
-def merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str = "") -> None:
-    """Merge update into base in place, refusing keys that base does not define."""
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
     for key, value in update.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            raise DsimError(f"unknown config key '{dotted}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict):
-            if not isinstance(value, Mapping):
-                raise DsimError(f"config key '{dotted}' is a table, got {value!r}")
-            merge(base[key], value, prefix=f"{dotted}.")
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
         else:
-            base[key] = _coerce(dotted, value, base[key])
+            base[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def set_dotted(cfg: dict[str, Any], assignment: str) -> None:
-    """Apply one ``key.sub=value`` assignment."""
-    if "=" not in assignment:
-        raise DsimError(f"--set expects key=value, got '{assignment}'")
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    update: dict[str, Any] = {parts[-1]: parse_value(text.strip())}
-    for part in reversed(parts[:-1]):
+def _assignment(text: str) -> tuple[str, dict[str, Any]]:
+    """One ``key.sub=value`` as (key, nested update)."""
+    if "=" not in text:
+        raise DsimError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise DsimError(f"--set expects key=value, got '{text}'")
+    update: dict[str, Any] = {key.split(".")[-1]: parse_value(raw.strip())}
+    for part in reversed(key.split(".")[:-1]):
         update = {part: update}
-    merge(cfg, update)
+    return key, update
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def load_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise DsimError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DsimError(f"config file {path} is a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise DsimError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def resolve(
-    file: str | Path | None = None,
+    file: str | None = None,
     flags: Mapping[str, Any] | None = None,
     sets: Iterable[str] = (),
-) -> dict[str, Any]:
-    """Build the resolved config. The program's own table joins once the algorithm is known."""
-    from dsim.programs import load_program  # the program decides its table
+) -> Config:
+    """The typed config of an experiment; raises a one-line DsimError for any bad key or value."""
+    from dsim.programs import load_program  # the algorithm decides the program's table
 
-    cfg = copy.deepcopy(DEFAULTS)
-    file_cfg = load_toml(file) if file else {}
-    sets = list(sets)
-    algorithm = _pick_algorithm(file_cfg, flags or {}, sets)
-    cfg["algorithm"] = algorithm
+    raw: dict[str, Any] = {}
+    _deep_merge(raw, load_toml(file) if file else {})
+    _deep_merge(raw, _drop_none(flags or {}))
+    for text in sets:
+        _deep_merge(raw, _assignment(text)[1])
+    algorithm = raw.get("algorithm", DEFAULT_ALGORITHM)
+    if not isinstance(algorithm, str):
+        raise DsimError(f"config key 'algorithm' expects str, got {algorithm!r}")
     program = load_program(algorithm)
-    if program.defaults:
-        cfg[program.options_table] = copy.deepcopy(dict(program.defaults))
-    merge(cfg, file_cfg)
-    merge(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
-    for assignment in sets:
-        set_dotted(cfg, assignment)
-    validate(cfg)
-    return cfg
+    return convert(config_type(program), raw)
 
 
-def _pick_algorithm(file_cfg: Mapping[str, Any], flags: Mapping[str, Any], sets: list[str]) -> str:
-    algorithm = DEFAULTS["algorithm"]
-    algorithm = file_cfg.get("algorithm", algorithm)
-    algorithm = flags.get("algorithm") or algorithm
-    for assignment in sets:
-        if assignment.split("=", 1)[0].strip() == "algorithm":
-            algorithm = str(parse_value(assignment.split("=", 1)[1].strip()))
-    return str(algorithm)
+def _drop_none(flags: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if isinstance(value, Mapping):
+            value = _drop_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Range checks with one-line messages; the topology and data layers check their own tables."""
-    if cfg["nodes"] < 1:
-        raise DsimError(f"--nodes must be at least 1, got {cfg['nodes']}")
-    if cfg["nodes_per_process"] < 1:
-        raise DsimError(f"--nodes-per-process must be at least 1, got {cfg['nodes_per_process']}")
-    if cfg["timeout"] <= 0:
-        raise DsimError("timeout must be positive")
-    if cfg["rounds"] < 0:
-        raise DsimError("rounds must be non-negative")
-    net = cfg["net"]
-    if net["max_message_mb"] <= 0:
-        raise DsimError("net.max_message_mb must be positive")
-    if net["heartbeat"] <= 0 or net["heartbeat_timeout"] <= net["heartbeat"]:
-        raise DsimError("net.heartbeat must be positive and smaller than net.heartbeat_timeout")
-    if net["event_loop"] not in EVENT_LOOPS:
-        raise DsimError(f"net.event_loop must be one of {', '.join(EVENT_LOOPS)}, got {net['event_loop']!r}")
-    if net["event_loop"] == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise DsimError("net.event_loop = 'uvloop' but uvloop is not installed (pip install uvloop)")
-    parse_port_range(net["ports"])
+def program_of(cfg: Config) -> Program:
+    from dsim.programs import load_program
+
+    return load_program(cfg.algorithm)
 
 
 def parse_port_range(text: str) -> tuple[int, int] | None:
     """'' means ports chosen by the OS; 'LO-HI' restricts node sockets to that range."""
     if not text:
         return None
-    try:
-        lo, hi = (int(x) for x in text.split("-", 1))
-    except ValueError:
-        raise DsimError(f"net.ports must look like LO-HI, got '{text}'") from None
+    match = _PORTS.match(text)
+    if match is None:
+        raise DsimError(f"net.ports must look like LO-HI, got '{text}'")
+    lo, hi = int(match.group(1)), int(match.group(2))
     if not 1024 <= lo <= hi <= 65535:
         raise DsimError(f"net.ports range {text} must lie within 1024-65535 with LO <= HI")
     return lo, hi
 
 
-def fingerprint_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def fingerprint_view(cfg: Config) -> dict[str, Any]:
     """The config without machine-local keys: what must agree across machines."""
-    view = copy.deepcopy(dict(cfg))
+    view = to_dict(cfg)
     for dotted in MACHINE_LOCAL:
         *parents, leaf = dotted.split(".")
         node = view
@@ -212,7 +215,7 @@ def fingerprint_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
-def fingerprint(cfg: Mapping[str, Any], graph_hash: str) -> str:
+def fingerprint(cfg: Config, graph_hash: str) -> str:
     blob = json.dumps({"config": fingerprint_view(cfg), "graph": graph_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -229,5 +232,6 @@ def differences(mine: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str 
     return out
 
 
-def to_toml(cfg: Mapping[str, Any]) -> str:
-    return tomli_w.dumps(dict(cfg))
+def to_toml(cfg: Config) -> str:
+    """config.toml: the resolved values, each key with its doc."""
+    return commented_toml(cfg)

@@ -41,6 +41,12 @@ class Console:
             self.stream.flush()
             self._shown = False
 
+    def error(self, text: str) -> None:
+        """A failure line: shown even under --quiet, where it is the only thing shown."""
+        self.clear()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def say(self, text: str) -> None:
         if not self.quiet:
             self.clear()

@@ -59,9 +59,9 @@ class Coordinator:
         self.plans = {p.name: p for p in plans}
         self.world = sorted(r for p in plans for r in p.ranks)
         self.remote_machines = set(range(1, machines))
-        net = cfg["net"]
-        self.heartbeat, self.heartbeat_timeout = float(net["heartbeat"]), float(net["heartbeat_timeout"])
-        self.start_timeout, self.timeout = float(net["start_timeout"]), float(cfg["timeout"])
+        net = cfg.net
+        self.heartbeat, self.heartbeat_timeout = net.heartbeat, net.heartbeat_timeout
+        self.start_timeout, self.timeout = net.start_timeout, cfg.timeout
         self.outcome = Outcome()
         self.launchers: dict[int, bytes] = {}
         self.identities: dict[str, bytes] = {}

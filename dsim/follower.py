@@ -22,8 +22,8 @@ from dsim.plan import LocalProc
 
 async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: str,
                  procs: list[LocalProc], console: Console) -> tuple[Outcome, dict[str, Any]]:
-    net = cfg["net"]
-    heartbeat, silent_limit = float(net["heartbeat"]), float(net["heartbeat_timeout"])
+    net = cfg.net
+    heartbeat, silent_limit = net.heartbeat, net.heartbeat_timeout
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, f"m{machine}".encode())
@@ -34,7 +34,7 @@ async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: st
     try:
         await sock.send(wire.pack_control({"t": "machine", "machine": machine,
                                            "config": fingerprint_view(cfg), "graph": graph_hash}))
-        deadline = time.monotonic() + float(net["start_timeout"])
+        deadline = time.monotonic() + net.start_timeout
         last_heard, accepted = time.monotonic(), False
         while True:
             for p in procs:
@@ -46,7 +46,7 @@ async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: st
             now = time.monotonic()
             if not accepted and now > deadline:
                 return _failed(outcome, f"the coordinator at {control} did not answer in "
-                                        f"{net['start_timeout']:g} s", "failed")
+                                        f"{net.start_timeout:g} s", "failed")
             if accepted and now - last_heard > silent_limit:
                 return _failed(outcome, f"lost contact with the coordinator at {control}", "failed")
             try:

@@ -16,17 +16,20 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
 from dsim import hosts as hostfile
-from dsim.config import fingerprint, parse_port_range
+from dsim.config import Config, fingerprint, parse_port_range
 from dsim.console import Console
 from dsim.coordinator import Coordinator, Outcome
+from dsim.devices import check_device
 from dsim.errors import DsimError
 from dsim.follower import follow
+from dsim.options import to_dict
 from dsim.plan import LocalProc, WorkerPlan, plan_workers
 from dsim.program import Program
 from dsim.programs import load_program
@@ -42,9 +45,9 @@ from dsim.topologies import build, graph_hash
 from dsim.worker import WorkerSpec, run_worker
 
 
-def build_graph(cfg: dict[str, Any], program: Program) -> nx.Graph:
-    return build(cfg["topology"], cfg["nodes"], with_server=program.needs_server, seed=int(cfg["seed"]),
-                 params=cfg["graph"])
+def build_graph(cfg: Config, program: Program) -> nx.Graph:
+    return build(cfg.topology, cfg.nodes, with_server=program.needs_server, seed=cfg.seed,
+                 params=to_dict(cfg.graph))
 
 
 def _resolve_ip(host: str) -> str:
@@ -110,13 +113,28 @@ def _reap(procs: list[LocalProc], grace: float = 10.0) -> None:
             p.process.join(2.0)
 
 
-def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | None = None,
-           quiet: bool = False) -> tuple[int, Path]:
-    """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
-    console = Console(quiet=quiet)
-    program = load_program(cfg["algorithm"])
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything decided before a process starts: what `--dry-run` prints and `launch` carries out."""
+
+    cfg: Config
+    program: Program
+    graph: nx.Graph
+    machines: list[hostfile.Machine]
+    me: int
+    host_ip: str
+    workers: list[WorkerPlan]
+
+    @property
+    def mine(self) -> list[WorkerPlan]:
+        return [w for w in self.workers if w.machine == self.me]
+
+
+def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = None) -> LaunchPlan:
+    """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts."""
+    program = load_program(cfg.algorithm)
+    check_device(cfg.device, cfg.gpus)
     graph = build_graph(cfg, program)
-    ghash = graph_hash(graph)
     world = graph.number_of_nodes()
     if hosts:
         machines = hostfile.layout(hostfile.parse_hosts(hosts), world)
@@ -124,17 +142,25 @@ def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | No
             raise DsimError(f"--machine-rank {machine_rank} is outside the hosts file's 0..{len(machines) - 1}")
         me = machine_rank if machine_rank is not None else hostfile.detect_machine(machines)
     else:
-        machines = [hostfile.Machine(0, cfg["net"]["host"], world, 0)]
+        machines = [hostfile.Machine(0, cfg.net.host, world, 0)]
         me = 0
     host_ip = _resolve_ip(machines[me].host)
-    plans = plan_workers(machines, int(cfg["nodes_per_process"]))
-    mine = [p for p in plans if p.machine == me]
-    _check_port_range(host_ip, cfg["net"]["ports"], len(machines[me].ranks))
+    _check_port_range(host_ip, cfg.net.ports, len(machines[me].ranks))
+    if hosts and me == 0:
+        _check_master_port(host_ip, cfg.net.master_port)
+    return LaunchPlan(cfg, program, graph, machines, me, host_ip, plan_workers(machines, cfg.nodes_per_process))
+
+
+def launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = None,
+           quiet: bool = False) -> tuple[int, Path]:
+    """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
+    console = Console(quiet=quiet)
+    plan = plan_launch(cfg, hosts, machine_rank)
+    program, graph, machines, me, plans = plan.program, plan.graph, plan.machines, plan.me, plan.workers
+    ghash = graph_hash(graph)
     tmpdir = None
     if hosts:
-        master = f"tcp://{_resolve_ip(machines[0].host)}:{cfg['net']['master_port']}"
-        if me == 0:
-            _check_master_port(host_ip, int(cfg["net"]["master_port"]))
+        master = f"tcp://{_resolve_ip(machines[0].host)}:{cfg.net.master_port}"
     else:
         tmpdir = tempfile.mkdtemp(prefix="dsim-")
         master = f"ipc://{tmpdir}/control"
@@ -146,15 +172,16 @@ def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | No
         # Fail fast on missing files, and load once here so the forked workers share the tensors.
         from dsim.data import load_dataset
 
-        data = cfg["data"]
-        load_dataset(data["dataset"], data["data_dir"] or None, download=data["download"], seed=int(cfg["seed"]))
-    run_dir = make_run_dir(cfg["out"], cfg["algorithm"], me)
+        data = cfg.data
+        load_dataset(data.dataset, data.data_dir or None, download=data.download, seed=cfg.seed)
+    run_dir = make_run_dir(cfg.out, cfg.algorithm, me)
     write_config(run_dir, cfg)
     t0 = time.time()
-    base = dict(control=master, host=host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program, t0=t0)
-    procs = _fork_workers(mine, base)
-    console.say(f"dsim: {cfg['algorithm']} on {graph.graph.get('name', cfg['topology'])} with {world} nodes "
-                f"in {len(plans)} processes; results in {run_dir}")
+    base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
+                t0=t0, first_rank=machines[me].first_rank)
+    procs = _fork_workers(plan.mine, base)
+    console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
+                f"nodes in {len(plans)} processes; results in {run_dir}")
     try:
         if me == 0:
             coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
@@ -174,7 +201,7 @@ def launch(cfg: dict[str, Any], hosts: str | None = None, machine_rank: int | No
     return {"ok": 0, "refused": 2, "interrupted": 130}.get(outcome.status, 1), run_dir
 
 
-async def _coordinate(coordinator: Coordinator, cfg: dict[str, Any], program: Program, graph: nx.Graph,
+async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, graph: nx.Graph,
                       machines: list[hostfile.Machine], run_dir: Path) -> tuple[Outcome, dict[str, Any]]:
     outcome = await coordinator.run()
     roles = {r: program.role_of(r, graph) for r in graph.nodes}
@@ -189,8 +216,8 @@ async def _coordinate(coordinator: Coordinator, cfg: dict[str, Any], program: Pr
         "status": outcome.status,
         "failures": outcome.failures,
         "warnings": outcome.warnings,
-        "algorithm": cfg["algorithm"],
-        "topology": graph.graph.get("name", cfg["topology"]),
+        "algorithm": cfg.algorithm,
+        "topology": graph.graph.get("name", cfg.topology),
         "nodes": graph.number_of_nodes(),
         "server": graph.graph.get("server"),
         "run_id": coordinator.run_id,
@@ -216,7 +243,7 @@ def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: l
     for warning in outcome.warnings:
         console.say(f"dsim: warning: {warning}")
     for failure in outcome.failures:
-        console.say(f"dsim: error: {failure['reason']}")
+        console.error(f"dsim: error: {failure['reason']}")
     if outcome.status == "ok":
         console.say(f"dsim: finished in {summary.get('wall_time_s', 0):.1f} s; results in {summary.get('run_dir')}")
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import networkx as nx
 import numpy as np
 
 from dsim.nodelog import NodeLog
 from dsim.transport import Endpoint, Message, NodeTimeout
+
+if TYPE_CHECKING:
+    from dsim.config import Config
 
 T = TypeVar("T")
 
@@ -32,12 +37,14 @@ class NodeContext:
     rank: int
     role: str
     graph: nx.Graph
-    config: dict[str, Any]
+    config: Config
     endpoint: Endpoint
     log: NodeLog
-    options: dict[str, Any]
+    options: Any  # the program's typed option table (a dsim.options.Options), or None
     run_dir: Path
     data: Any = None
+    device: str = "cpu"  # where this node's models and tensors live (chosen by the worker after fork)
+    process_nodes: int = 1  # nodes hosted by this node's process (torch's thread pool is per process)
 
 
 class Node:
@@ -72,18 +79,25 @@ class Node:
         return [r for r in sorted(self._ctx.graph.nodes) if r != self.server]
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> Config:
+        """The whole resolved config (typed: `self.config.seed`, `self.config.net.heartbeat`...)."""
         return self._ctx.config
 
     @property
-    def options(self) -> dict[str, Any]:
-        """This program's own config table, e.g. config["gossip"]."""
+    def options(self) -> Any:
+        """This program's own typed table, e.g. config.gossip: `self.options.dim`."""
         return self._ctx.options
 
     @property
     def data(self) -> Any:
         """This node's share of the dataset (dsim.data.NodeData), or None for programs without data."""
         return self._ctx.data
+
+    @property
+    def device(self) -> str:
+        """The torch device of this node ("cpu", "cuda:1", ...): its data share already lives there;
+        models it builds and arrays it receives go there too (`tensor.to(self.device)`)."""
+        return self._ctx.device
 
     @property
     def run_dir(self) -> Path:
@@ -93,11 +107,11 @@ class Node:
     @functools.cached_property
     def rng(self) -> np.random.Generator:
         """A generator seeded by (seed, rank): reproducible and different on every node."""
-        return np.random.default_rng([self._ctx.config["seed"], self.rank])
+        return np.random.default_rng([self._ctx.config.seed, self.rank])
 
     @property
     def timeout(self) -> float:
-        return float(self._ctx.config["timeout"])
+        return self._ctx.config.timeout
 
     # --- messaging -----------------------------------------------------------------------------
     async def send(self, dst: int, kind: str, payload: Any = None) -> int:
@@ -157,6 +171,14 @@ class Node:
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a long computation in a thread so the node keeps messaging (torch releases the GIL)."""
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def use_all_cores(self) -> None:
+        """Let torch use every core of the machine from now on, when no other node shares this process.
+
+        torch's thread count is process-wide: raising it for one of several packed nodes would change
+        the threads of the others, so it is left alone then."""
+        if self._ctx.process_nodes == 1 and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(os.cpu_count() or 1)
 
     def log(self, **metrics: Any) -> None:
         """Record metrics (e.g. round=3, loss=0.2) in this node's jsonl log."""

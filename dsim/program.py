@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
 from dsim.node import Node
+from dsim.options import Options
 
 
 def server_result(results: Mapping[int, dict[str, Any]], graph: nx.Graph) -> dict[str, Any]:
@@ -23,8 +24,8 @@ class Program:
     roles: Mapping[str, type[Node]]
     needs_server: bool = False
     uses_data: bool = False
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    table: str = ""  # config table holding `defaults`; programs that share options share a table
+    options: type[Options] | None = None  # the program's option table (typed, validated before launch)
+    table: str = ""  # its name in the config (default: the program's name); programs may share one
     summarize: Callable[[Mapping[int, dict[str, Any]], nx.Graph], dict[str, Any]] = server_result
 
     @property

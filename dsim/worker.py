@@ -27,10 +27,12 @@ import zmq
 import zmq.asyncio
 
 from dsim import wire
-from dsim.config import parse_port_range
+from dsim.config import Config
+from dsim.devices import node_devices, on_device, peak_memory_mb
 from dsim.errors import DsimError
 from dsim.node import Node, NodeContext
 from dsim.nodelog import NodeLog, json_safe
+from dsim.options import to_dict
 from dsim.program import Program
 from dsim.routing import next_hops
 from dsim.transport import Endpoint
@@ -43,11 +45,12 @@ class WorkerSpec:
     control: str
     host: str
     run_dir: Path
-    config: dict[str, Any]
+    config: Config
     graph: nx.Graph
     program: Program
     t0: float
     threads: int
+    first_rank: int = 0  # this machine's first rank: a node's local rank picks its GPU
 
 
 class CoordinatorLost(Exception):
@@ -70,15 +73,16 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         cfg = spec.config
-        self.timeout = float(cfg["timeout"])
-        self.start_timeout = float(cfg["net"]["start_timeout"])
-        self.heartbeat = float(cfg["net"]["heartbeat"])
-        self.heartbeat_timeout = float(cfg["net"]["heartbeat_timeout"])
+        self.timeout = cfg.timeout
+        self.start_timeout = cfg.net.start_timeout
+        self.heartbeat = cfg.net.heartbeat
+        self.heartbeat_timeout = cfg.net.heartbeat_timeout
         self.endpoints: dict[int, Endpoint] = {}
         self.logs: dict[int, NodeLog] = {}
         self.roles: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.beats: Heartbeat | None = None
+        self.devices: dict[int, str] = {}
 
     async def run(self) -> int:
         self.ctx = zmq.asyncio.Context()
@@ -146,11 +150,14 @@ class Worker:
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
-        ports = parse_port_range(cfg["net"]["ports"])
-        max_bytes = int(cfg["net"]["max_message_mb"] * (1 << 20))
+        ports = cfg.net.port_range
+        max_bytes = int(cfg.net.max_message_mb * (1 << 20))
         data_fp: dict[int, dict[str, str]] = {}
         data: dict[int, Any] = {}
         try:
+            devices = node_devices(cfg.device, cfg.gpus, [r - spec.first_rank for r in spec.ranks],
+                                   uses_torch=spec.program.uses_data)
+            self.devices = dict(zip(spec.ranks, devices, strict=True))
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
@@ -160,7 +167,8 @@ class Worker:
                               log.write)
                 self.endpoints[rank] = ep
                 address = ep.bind(spec.host, ports)
-                log.write("start", role=role, pid=os.getpid(), address=address, neighbours=list(neighbours))
+                log.write("start", role=role, pid=os.getpid(), address=address, neighbours=list(neighbours),
+                          device=self.devices[rank])
                 if spec.program.uses_data:
                     data[rank], data_fp[rank] = self._load_data(rank)
         except Exception as exc:
@@ -189,8 +197,9 @@ class Worker:
                                self.heartbeat, lambda: {**self._counts({}), "t": "hb"})
         self.beats.start()
         for rank in spec.ranks:
-            ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank],
-                              self.logs[rank], cfg.get(spec.program.options_table, {}), spec.run_dir, data.get(rank))
+            ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank], self.logs[rank],
+                              cfg.program_options, spec.run_dir, data.get(rank), self.devices[rank],
+                              len(spec.ranks))
             node = spec.program.roles[self.roles[rank]](ctx)
             self.tasks.append(loop.create_task(self._run_node(node)))
         await self._control_loop()
@@ -199,9 +208,9 @@ class Worker:
         from dsim.data import node_data
 
         spec = self.spec
-        nd = node_data(spec.config["data"], num_parts=spec.program.num_parts(spec.graph),
-                       part=spec.program.data_part(rank, spec.graph), seed=int(spec.config["seed"]))
-        return nd, {"data": nd.fingerprint, "part": nd.part_fingerprint}
+        nd = node_data(to_dict(spec.config.data), num_parts=spec.program.num_parts(spec.graph),
+                       part=spec.program.data_part(rank, spec.graph), seed=spec.config.seed)
+        return on_device(nd, self.devices[rank]), {"data": nd.fingerprint, "part": nd.part_fingerprint}
 
     async def _run_node(self, node: Node) -> None:
         log = self.logs[node.rank]
@@ -214,7 +223,8 @@ class Worker:
             log.write("error", reason=describe(exc), traceback=traceback.format_exc())
             await self._send({"t": "failed", "rank": node.rank, "reason": describe(exc), "phase": "run"})
             return
-        log.write("done", result=result)
+        device = self.devices.get(node.rank, "cpu")
+        log.write("done", result=result, device=device, peak_memory_mb=round(peak_memory_mb(device), 1))
         await self._send({"t": "done", "rank": node.rank, "result": result})
 
     async def _control_loop(self) -> None:
@@ -296,7 +306,7 @@ def run_worker(spec: WorkerSpec) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(spec.threads)
-    code = run_event_loop(Worker(spec).run(), spec.config["net"]["event_loop"])
+    code = run_event_loop(Worker(spec).run(), spec.config.net.event_loop)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -13,28 +13,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 
-from dsim.ml.dsa import derive_seed
-from dsim.ml.models import flat_params, param_count, spec_from_options
+from dsim.lazy import lazy_import
 from dsim.node import Node
-from dsim.nodes.fedavg import build_shared_model, global_accuracy, train_from
+from dsim.nodes.fedavg import LocalTrainingOptions, build_shared_model, global_accuracy, train_from
 from dsim.program import Program
 from dsim.topologies import metropolis_hastings_weights
 
-DEFAULTS: dict[str, Any] = {
-    "local_epochs": 1,  # passes over the local data per round (ignored when local_steps > 0)
-    "local_steps": 0,  # if > 0: exactly this many SGD minibatch steps per round
-    "lr": 0.01,
-    "momentum": 0.9,  # local SGD momentum, reset every round
-    "weight_decay": 5e-4,
-    "batch": 64,
-    "model": "convnet",
-    "width": 0,  # conv channels; 0 keeps the preset's (128)
-    "dsa": False,
-    "eval_every": 1,  # score on the test set every k rounds (and always after the last)
-    "test_subset": 0,  # first n test images (0 = all): every node scores, so keep it small on CPU
-}
+torch = lazy_import("torch")
+dsa = lazy_import("dsim.ml.dsa")
+models = lazy_import("dsim.ml.models")
+
+
+class DPSGDOptions(LocalTrainingOptions):
+    """D-PSGD: local SGD, then Metropolis-Hastings averaging with the neighbours, every round."""
 
 
 class Peer(Node):
@@ -42,16 +34,16 @@ class Peer(Node):
 
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
-        seed, rounds = int(self.config["seed"]), int(self.config["rounds"])
+        seed, rounds = self.config.seed, self.config.rounds
         weights = metropolis_hastings_weights(self.graph)[self.rank]
         model = build_shared_model(opts, data, seed)
-        params = flat_params(model)
-        eval_every, subset = max(1, int(opts["eval_every"])), int(opts["test_subset"])
+        params = models.flat_params(model)
+        eval_every, subset = opts.eval_every, opts.test_subset
         accuracy, history = float("nan"), []
         for rnd in range(rounds):
             params, loss = await self.offload(
                 train_from, model, params, data.train_x, data.train_y, opts, data.dataset.name,
-                derive_seed(seed, self.rank, rnd),
+                dsa.derive_seed(seed, self.rank, rnd),
             )
             await self.broadcast("dpsgd", {"round": rnd, "params": params})
             mixed = params.to(torch.float64) * weights[self.rank]
@@ -67,7 +59,7 @@ class Peer(Node):
             self.log(**entry)
             history.append(entry)
         return {"accuracy": accuracy, "degree": len(self.neighbours), "samples": len(data.train_x),
-                "rounds": rounds, "model_bytes": param_count(model) * 4, "model": spec_from_options(opts), "history": history}
+                "rounds": rounds, "model_bytes": models.param_count(model) * 4, "model": opts.model_spec, "history": history}
 
 
 def summarize(results: Mapping[int, dict[str, Any]], graph: Any) -> dict[str, Any]:
@@ -85,5 +77,5 @@ def summarize(results: Mapping[int, dict[str, Any]], graph: Any) -> dict[str, An
     }
 
 
-PROGRAM = Program(name="dpsgd", roles={"peer": Peer}, uses_data=True, defaults=DEFAULTS,
+PROGRAM = Program(name="dpsgd", roles={"peer": Peer}, uses_data=True, options=DPSGDOptions,
                   summarize=summarize)

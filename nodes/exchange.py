@@ -9,24 +9,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import networkx as nx
 import numpy as np
+from msgspec import Meta
 
 from dsim.node import Node
+from dsim.options import Options
 from dsim.program import Program
 
 KIND = "exchange"
+
+
+class ExchangeOptions(Options):
+    """Lock-step neighbour exchange."""
+
+    bytes: Annotated[int, Meta(ge=4, multiple_of=4, description="bytes of the float32 array sent to every neighbour each round")] = 1024
 
 
 class Peer(Node):
     role = "peer"
 
     async def run(self) -> dict[str, Any]:
-        nbytes, rounds = int(self.options["bytes"]), int(self.config["rounds"])
-        if nbytes <= 0 or nbytes % 4:
-            raise ValueError(f"exchange.bytes must be a positive multiple of 4, got {nbytes}")
+        nbytes, rounds = self.options.bytes, self.config.rounds
         x = np.zeros(nbytes // 4, dtype=np.float32)  # one array, never written: safe to resend every round
         received = 0
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -47,9 +53,9 @@ class Peer(Node):
 def summarize(results: Mapping[int, dict[str, Any]], graph: nx.Graph) -> dict[str, Any]:
     """Aggregate throughput: every message received, over the time of the slowest node (MB = 1e6 bytes)."""
     done = [r for r in results.values() if r]
-    msgs = sum(int(r["msgs"]) for r in done)
-    nbytes = sum(int(r["bytes"]) for r in done)
-    slowest = max((float(r["seconds"]) for r in done), default=0.0)
+    msgs = sum(r["msgs"] for r in done)
+    nbytes = sum(r["bytes"] for r in done)
+    slowest = max((r["seconds"] for r in done), default=0.0)
     return {
         "msgs": msgs,
         "bytes": nbytes,
@@ -59,4 +65,4 @@ def summarize(results: Mapping[int, dict[str, Any]], graph: nx.Graph) -> dict[st
     }
 
 
-PROGRAM = Program(name="exchange", roles={"peer": Peer}, defaults={"bytes": 1024}, summarize=summarize)
+PROGRAM = Program(name="exchange", roles={"peer": Peer}, options=ExchangeOptions, summarize=summarize)

@@ -12,96 +12,93 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import numpy as np
-import torch
-from torch import nn
+from msgspec import Meta
 
-from dsim.errors import DsimError
-from dsim.ml.dsa import default_strategy, derive_seed
-from dsim.ml.evaluate import evaluate
-from dsim.ml.models import (
-    build_model,
-    flat_params,
-    load_flat_params,
-    param_count,
-    spec_from_options,
-)
-from dsim.ml.train import train_model
+from dsim.lazy import lazy_import
 from dsim.node import Node
+from dsim.nodes.options import ModelOptions
 from dsim.program import Program
 from dsim.transport import NodeTimeout
 
-DEFAULTS: dict[str, Any] = {
-    "local_epochs": 1,  # passes over the local data per round (ignored when local_steps > 0)
-    "local_steps": 0,  # if > 0: exactly this many SGD minibatch steps per round instead of epochs
-    "lr": 0.01,
-    "momentum": 0.9,  # local SGD momentum; the buffer starts afresh every round
-    "weight_decay": 5e-4,
-    "batch": 64,
-    "participation": 1.0,  # fraction of the clients drawn (by the server, seeded) for each round
-    "model": "convnet",  # a preset of dsim.ml.models; batchnorm presets are refused (buffers)
-    "width": 0,  # conv channels; 0 keeps the preset's (128)
-    "dsa": False,  # DSA augmentation on local batches
-    "eval_every": 1,  # score the global model every k rounds (and always after the last)
-    "test_subset": 0,  # score on the first n test images (0 = the whole test set)
-    "round_timeout": 1800.0,  # seconds the server waits for a client's update before going on
-}
+torch = lazy_import("torch")
+dsa = lazy_import("dsim.ml.dsa")
+models = lazy_import("dsim.ml.models")
+evaluate = lazy_import("dsim.ml.evaluate")
+train = lazy_import("dsim.ml.train")
 
 
-def build_shared_model(opts: Mapping[str, Any], data: Any, seed: int) -> nn.Module:
-    """The model every node starts from: same spec and seed everywhere, so same initial weights.
+class LocalTrainingOptions(ModelOptions):
+    """Local SGD of the model-sharing baselines (FedAvg, D-PSGD)."""
 
-    Only parameters are averaged, so a model with buffers (batchnorm running stats) would keep
-    unaveraged state: refused with a clear message rather than silently evaluated wrong.
-    """
+    local_epochs: Annotated[int, Meta(ge=0, description="passes over the local data per round (ignored when local_steps > 0)")] = 1
+    local_steps: Annotated[int, Meta(ge=0, description="if > 0: exactly this many SGD minibatch steps per round instead of epochs")] = 0
+    lr: Annotated[float, Meta(gt=0, description="local SGD learning rate")] = 0.01
+    momentum: Annotated[float, Meta(ge=0, lt=1, description="local SGD momentum; the buffer starts afresh every round")] = 0.9
+    weight_decay: Annotated[float, Meta(ge=0, description="local SGD weight decay")] = 5e-4
+    batch: Annotated[int, Meta(ge=1, description="local minibatch size")] = 64
+    dsa: Annotated[bool, Meta(description="DSA augmentation on local batches")] = False
+    eval_every: Annotated[int, Meta(ge=1, description="score the model every k rounds (and always after the last)")] = 1
+    test_subset: Annotated[int, Meta(ge=0, description="score on the first n test images (0 = the whole test set)")] = 0
+
+    def __post_init__(self) -> None:
+        if self.local_steps == 0 and self.local_epochs == 0:
+            raise ValueError("need local_steps > 0 or local_epochs > 0")
+        if self.model == "convnet_bn":  # only parameters are averaged: running stats would stay local
+            raise ValueError("model 'convnet_bn' keeps buffers (batchnorm); parameter averaging needs a model "
+                             "without them, e.g. 'convnet' (instance norm)")
+
+
+class FedAvgOptions(LocalTrainingOptions):
+    """FedAvg: server-drawn participants train locally; the server averages weighted by samples."""
+
+    participation: Annotated[float, Meta(gt=0, le=1, description="fraction of the clients drawn (seeded) for each round")] = 1.0
+    round_timeout: Annotated[float, Meta(gt=0, description="seconds the server waits for a client's update before going on")] = 1800.0
+
+
+def build_shared_model(opts: ModelOptions, data: Any, seed: int) -> torch.nn.Module:
+    """The model every node starts from: same spec and seed everywhere, so same initial weights."""
     ds = data.dataset
-    model = build_model(spec_from_options(opts), ds.image_shape[0], ds.num_classes, ds.image_shape[-1],
-                        derive_seed(seed, 0x5EED))
-    if any(True for _ in model.buffers()):
-        raise DsimError(f"model '{opts['model']}' keeps buffers (batchnorm); parameter averaging "
-                        "needs a model without them, e.g. 'convnet' (instance norm)")
-    return model
+    return models.build_model(opts.model_spec, ds.image_shape[0], ds.num_classes, ds.image_shape[-1],
+                              dsa.derive_seed(seed, 0x5EED))
 
 
-def local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: Mapping[str, Any],
+def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opts: LocalTrainingOptions,
                 dataset: str, seed: int) -> float:
     """Train in place for `local_epochs` epochs, or exactly `local_steps` minibatch steps.
 
     Steps are run as one epoch over `local_steps x batch` samples drawn (seeded) from the local
     data, repeating it when it is smaller. The lr stays constant (no decay inside a round).
     """
-    batch, steps = int(opts["batch"]), int(opts["local_steps"])
-    epochs = int(opts["local_epochs"])
-    if steps < 0 or epochs < 0 or (steps == 0 and epochs == 0):
-        raise DsimError(f"need local_steps > 0 or local_epochs > 0, got {steps} and {epochs}")
+    batch, steps, epochs = opts.batch, opts.local_steps, opts.local_epochs
     if steps > 0:
         gen = torch.Generator().manual_seed(seed)
         need = steps * batch
         order = torch.randperm(len(x), generator=gen).repeat(-(-need // len(x)))[:need]
         x, y, epochs = x[order], y[order], 1
-    return train_model(
-        model, x, y, epochs=epochs, lr=float(opts["lr"]), momentum=float(opts["momentum"]),
-        weight_decay=float(opts["weight_decay"]), batch=batch, lr_decay_at_half=False, seed=seed,
-        dsa_strategy=default_strategy(dataset) if opts["dsa"] else None,
+    return train.train_model(
+        model, x, y, epochs=epochs, lr=opts.lr, momentum=opts.momentum,
+        weight_decay=opts.weight_decay, batch=batch, lr_decay_at_half=False, seed=seed,
+        dsa_strategy=dsa.default_strategy(dataset) if opts.dsa else None,
     )  # fmt: skip
 
 
-def train_from(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               opts: Mapping[str, Any], dataset: str, seed: int) -> tuple[torch.Tensor, float]:
+def train_from(model: torch.nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               opts: LocalTrainingOptions, dataset: str, seed: int) -> tuple[torch.Tensor, float]:
     """Load `params`, train locally, return the new flat parameters and the last loss."""
-    load_flat_params(model, params)
+    models.load_flat_params(model, params)
     loss = local_train(model, x, y, opts, dataset, seed)
-    return flat_params(model), loss
+    return models.flat_params(model), loss
 
 
-def global_accuracy(model: nn.Module, params: torch.Tensor, data: Any, subset: int) -> float:
+def global_accuracy(model: torch.nn.Module, params: torch.Tensor, data: Any, subset: int) -> float:
     """Accuracy of `params` on the test set (its first `subset` images when subset > 0)."""
-    load_flat_params(model, params)
+    models.load_flat_params(model, params)
     n = subset if subset > 0 else len(data.dataset.test_x)
-    return evaluate(model, data.dataset.test_x[:n], data.dataset.test_y[:n])
+    return evaluate.evaluate(model, data.dataset.test_x[:n], data.dataset.test_y[:n])
 
 
 def weighted_average(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -120,9 +117,7 @@ class Server(Node):
 
     def participants(self, rng: np.random.Generator) -> list[int]:
         """ceil(participation x K) clients drawn without replacement (at least one)."""
-        frac = float(self.options["participation"])
-        if not 0.0 < frac <= 1.0:
-            raise DsimError(f"fedavg.participation must be in (0, 1], got {frac}")
+        frac = self.options.participation
         take = max(1, math.ceil(frac * len(self.clients) - 1e-9))
         return sorted(int(c) for c in rng.choice(self.clients, size=take, replace=False))
 
@@ -153,17 +148,17 @@ class Server(Node):
 
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
-        seed, rounds = int(self.config["seed"]), int(self.config["rounds"])
+        seed, rounds = self.config.seed, self.config.rounds
         model = build_shared_model(opts, data, seed)
-        params = flat_params(model)
+        params = models.flat_params(model)
         rng = np.random.default_rng([seed, 0xFEDA])
-        eval_every, subset = max(1, int(opts["eval_every"])), int(opts["test_subset"])
+        eval_every, subset = opts.eval_every, opts.test_subset
         history: list[dict[str, Any]] = []
         dropped: dict[str, list[int]] = {}
         for rnd in range(rounds):
             chosen = self.participants(rng)
             await self.broadcast("global", {"round": rnd, "params": params}, dsts=chosen)
-            replies = await self.collect(rnd, chosen, float(opts["round_timeout"]))
+            replies = await self.collect(rnd, chosen, opts.round_timeout)
             missing = sorted(set(chosen) - set(replies))
             if missing:
                 dropped[str(rnd)] = missing
@@ -182,11 +177,11 @@ class Server(Node):
         return {
             "accuracy": final,
             "rounds": rounds,
-            "model_params": param_count(model),
-            "model_bytes": param_count(model) * 4,
+            "model_params": models.param_count(model),
+            "model_bytes": models.param_count(model) * 4,
             "history": history,
             "dropped": dropped,
-            "model": spec_from_options(opts),
+            "model": opts.model_spec,
         }
 
 
@@ -195,18 +190,18 @@ class Client(Node):
 
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
-        seed = int(self.config["seed"])
+        seed = self.config.seed
         model = build_shared_model(opts, data, seed)
         samples, sent, received, rounds_done = len(data.train_x), 0, 0, 0
         while True:
-            msg = await self.recv("global", src=self.server, timeout=float(opts["round_timeout"]))
+            msg = await self.recv("global", src=self.server, timeout=opts.round_timeout)
             received += msg.nbytes
             if msg.payload.get("stop"):
                 break
-            rnd = int(msg.payload["round"])
+            rnd = msg.payload["round"]
             params, loss = await self.offload(
                 train_from, model, msg.payload["params"].clone(), data.train_x, data.train_y, opts,
-                data.dataset.name, derive_seed(seed, self.rank, rnd),
+                data.dataset.name, dsa.derive_seed(seed, self.rank, rnd),
             )
             sent += await self.send(self.server, "update",
                                     {"round": rnd, "params": params, "samples": samples, "loss": loss})
@@ -214,7 +209,7 @@ class Client(Node):
         return {"samples": samples, "rounds_trained": rounds_done, "bytes_sent": sent, "bytes_recv": received}
 
 
-def summarize(results: Mapping[int, dict[str, Any]], graph: Any) -> dict[str, Any]:
+def summarize(results: dict[int, dict[str, Any]], graph: Any) -> dict[str, Any]:
     """The server's result plus per-client bytes (sent + received) and their mean."""
     server = graph.graph.get("server")
     out = dict(results.get(server) or {})
@@ -226,4 +221,4 @@ def summarize(results: Mapping[int, dict[str, Any]], graph: Any) -> dict[str, An
 
 
 PROGRAM = Program(name="fedavg", roles={"server": Server, "client": Client}, needs_server=True,
-                  uses_data=True, defaults=DEFAULTS, summarize=summarize)
+                  uses_data=True, options=FedAvgOptions, summarize=summarize)

@@ -7,12 +7,14 @@ and log its distance to it each round: consensus shows that every message arrive
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
 import networkx as nx
 import numpy as np
+from msgspec import Meta
 
 from dsim.node import Node
+from dsim.options import Options
 from dsim.program import Program
 
 
@@ -33,11 +35,17 @@ def mh_row(graph: nx.Graph, rank: int) -> dict[int, float]:
     return row
 
 
+class GossipOptions(Options):
+    """Gossip averaging of random vectors."""
+
+    dim: Annotated[int, Meta(ge=1, description="length of each node's vector")] = 1000
+
+
 class Peer(Node):
     role = "peer"
 
     async def run(self) -> dict[str, Any]:
-        dim, rounds, seed = int(self.options["dim"]), int(self.config["rounds"]), self.config["seed"]
+        dim, rounds, seed = self.options.dim, self.config.rounds, self.config.seed
         weights = mh_row(self.graph, self.rank)
         x = initial_vector(seed, self.rank, dim)
         target = consensus_target(seed, self.graph.number_of_nodes(), dim)
@@ -65,4 +73,4 @@ def summarize(results: dict[int, dict[str, Any]], graph: Any) -> dict[str, Any]:
     }
 
 
-PROGRAM = Program(name="gossip", roles={"peer": Peer}, defaults={"dim": 1000}, summarize=summarize)
+PROGRAM = Program(name="gossip", roles={"peer": Peer}, options=GossipOptions, summarize=summarize)

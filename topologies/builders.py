@@ -17,7 +17,10 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from dsim.options import to_dict
+
 from .edgefile import TopologyError, read_edges, validate
+from .options import GraphOptions
 
 TOPOLOGIES: tuple[str, ...] = (
     "star", "ring", "full", "regular", "small-world", "erdos-renyi", "grid", "torus",
@@ -25,7 +28,8 @@ TOPOLOGIES: tuple[str, ...] = (
 RETRIES = 100
 """Derived seeds tried before a random topology that stays disconnected is refused."""
 
-DEFAULTS: dict[str, Any] = {"degree": 4, "k": 4, "rewire": 0.1, "p": 0.0, "rows": 0}
+DEFAULTS: dict[str, Any] = to_dict(GraphOptions())
+"""The [graph] table's defaults (declared in topologies/options.py)."""
 SAMPLES_DIR = Path(__file__).resolve().parent
 """Sample graph files shipped with the package; a bare file name is also looked up here."""
 

@@ -12,7 +12,7 @@ from dsim.config import resolve
 @click.command("launch")
 @click.option("--nodes", type=int, help="Number of (client) nodes; a star adds its hub as the server.")
 @click.option("--topology", help="star, ring, full, regular, small-world, erdos-renyi, grid, torus, or an edge file.")
-@click.option("--algorithm", help="The node program, e.g. collabdm, localdm, base, gather, gossip.")
+@click.option("--algorithm", help="The node program, e.g. collabdm, localdm, base, mtt, fedavg, dpsgd, gossip.")
 @click.option("--seed", type=int, help="Seed of everything random (graph, data split, models).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any options.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set any config key, e.g. graph.degree=6.")
@@ -20,21 +20,27 @@ from dsim.config import resolve
 @click.option("--hosts", type=click.Path(dir_okay=False), help="Hosts file: one 'HOST slots=N' per line.")
 @click.option("--machine-rank", type=int, help="This machine's line in the hosts file (0-based); else detected.")
 @click.option("--nodes-per-process", type=int, help="Pack this many asyncio nodes into each process.")
+@click.option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N; --set gpus=0,2 picks GPUs.")
 @click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10 or synthetic.")
 @click.option("--data-dir", help="Folder with the dataset files.")
 @click.option("--download", is_flag=True, default=None, help="Fetch missing dataset files (checksummed).")
-@click.option("--partition", help="iid, shard or dirichlet.")
-@click.option("--shards", type=int, help="Shards per node for --partition shard.")
+@click.option("--partition", help="iid, shard, kshard or dirichlet.")
+@click.option("--shards", type=int, help="Shards per node for --partition shard or kshard.")
 @click.option("--beta", type=float, help="Concentration for --partition dirichlet (smaller = more skewed).")
-@click.option("--quiet", is_flag=True, help="No progress line or closing table.")
-def launch(config_file, sets, hosts, machine_rank, quiet, dataset, data_dir, download, partition, shards,
-           beta, **flags) -> None:
+@click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, start nothing.")
+@click.option("--quiet", is_flag=True, help="No progress line or closing table (failures are still shown).")
+def launch(config_file, sets, hosts, machine_rank, quiet, dry_run, dataset, data_dir, download, partition,
+           shards, beta, **flags) -> None:
     """Run node processes on a graph and write the run directory."""
-    from dsim.launch import launch as run_launch
-
     data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
             "shards": shards, "beta": beta}
-    flags["data"] = {k: v for k, v in data.items() if v is not None}
-    cfg = resolve(config_file, flags, sets)
+    cfg = resolve(config_file, {**flags, "data": data}, sets)
+    if dry_run:
+        from dsim.dryrun import dry_run as show_plan
+
+        show_plan(cfg, hosts=hosts, machine_rank=machine_rank)
+        return
+    from dsim.launch import launch as run_launch
+
     code, _ = run_launch(cfg, hosts=hosts, machine_rank=machine_rank, quiet=quiet)
     sys.exit(code)
