@@ -491,3 +491,26 @@ def collab_objective(
                 )
             )
     return total
+
+
+# ---------------------------------------------------------------- server's global set
+
+
+def keep_per_class(
+    x: torch.Tensor, y: torch.Tensor, ipc: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `ipc` random images of each class of (x, y), sorted by class: what the reference
+    CollabDM server keeps of the clients' union (main.py samples `ipc` per class at random).
+
+    Classes with fewer images keep all of them (none is repeated); the order within a class is the
+    union's, so a union that already has `ipc` per class comes back unchanged.
+    """
+    if ipc < 1:
+        raise DsimError(f"images per class must be >= 1, got {ipc}")
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for _, idx in class_index(y.cpu()).items():
+        chosen = idx if len(idx) <= ipc else idx[torch.randperm(len(idx), generator=gen)[:ipc].sort().values]
+        keep.append(chosen)
+    order = torch.cat(keep).to(x.device)
+    return x[order], y[order]
