@@ -13,7 +13,7 @@ from pathlib import Path
 from results_file import write_results  # benchmarks/ is the script's folder
 
 from dsim.data.datasets import clear_cache, load_dataset
-from dsim.data.partition import PARTITIONERS, partition_indices
+from dsim.data.partitioners import PARTITIONERS, make_partitioner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +39,13 @@ def main() -> None:
         "mnist_load_cached_s": _timed(lambda: load_dataset("mnist", args.data_dir), repeats=5),
     }
     labels = load_dataset("mnist", args.data_dir).train_y.numpy()
-    for method in PARTITIONERS:
+    for method in PARTITIONERS:  # each with its default parameters
+        partitioner = make_partitioner(method)
         results[f"partition_{method}_{args.nodes}_nodes_s"] = _timed(
-            lambda m=method: partition_indices(labels, args.nodes, m, seed=0), repeats=3)
+            lambda p=partitioner: p.split(labels, args.nodes, 0), repeats=3)
+    floor = make_partitioner("dirichlet", {"beta": 0.1, "class_floor": 5})
     results["partition_dirichlet_beta0.1_floor5_100_nodes_s"] = _timed(
-        lambda: partition_indices(labels, 100, "dirichlet", seed=0, beta=0.1, class_floor=5), repeats=3)
+        lambda: floor.split(labels, 100, 0), repeats=3)
 
     out = write_results("data", {"nodes": args.nodes, "seconds": results})
     width = max(map(len, results))

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Annotated
 
+import click
+import msgspec
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from dsim.data.datasets import MNIST_FILES, load_dataset
-from dsim.data.node_data import data_config, node_data, partition_fingerprint
-from dsim.data.partition import PARTITIONERS, _dirichlet_counts, label_counts, partition_indices
+from dsim.data.node_data import node_data, partition_fingerprint
+from dsim.data.partitioners import PARTITIONERS, label_counts, make_partitioner
+from dsim.data.partitioners.dirichlet import dirichlet_counts
 from dsim.errors import DsimError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -31,6 +39,10 @@ def _labels(which: str) -> np.ndarray:
             pytest.skip(f"real MNIST files not present in {MNIST_DIR}")
         return load_dataset("mnist", SHARED / "data").train_y.numpy()
     return load_dataset("synthetic", seed=0).train_y.numpy()
+
+
+def partition_indices(labels: np.ndarray, num_nodes: int, method: str, *, seed: int, **params: object) -> list[np.ndarray]:
+    return make_partitioner(method, params).split(labels, num_nodes, seed)
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -52,6 +64,8 @@ def test_parts_are_sorted_disjoint_and_cover(which: str, nodes: int, method: str
         left = np.setdiff1d(np.arange(len(labels)), joined)
         assert len(left) == len(labels) % (nodes * 3)
         assert np.array_equal(left, np.sort(np.argsort(labels, kind="stable")[len(joined):]))
+    elif method == "kshard":  # every node the same size; the remainder belongs to no node
+        assert {len(p) for p in parts} == {len(labels) // nodes // 3 * 3}
     else:
         assert len(joined) == len(labels)
     if method == "iid":
@@ -71,11 +85,11 @@ def test_seed_decides_the_partition(method: str) -> None:
 _HASH_SCRIPT = textwrap.dedent("""
     import hashlib, sys
     from dsim.data.datasets import load_dataset
-    from dsim.data.partition import partition_indices
+    from dsim.data.partitioners import make_partitioner
     name, data_dir = sys.argv[1], sys.argv[2] or None
     labels = load_dataset(name, data_dir).train_y.numpy()
-    for method in ("iid", "shard", "dirichlet"):
-        parts = partition_indices(labels, 50, method, seed=7, beta=0.3)
+    for method in ("iid", "shard", "dirichlet", "kshard"):
+        parts = make_partitioner(method, {"beta": 0.3}).split(labels, 50, 7)
         h = hashlib.sha256()
         for p in parts:
             h.update(p.astype("<i8").tobytes() + b"|")
@@ -91,7 +105,7 @@ def test_separate_processes_compute_the_same_parts(which: str) -> None:
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 3
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 4
     labels = _labels(which)
     parts = partition_indices(labels, 50, "dirichlet", seed=7, beta=0.3)
     h = hashlib.sha256(b"".join(p.astype("<i8").tobytes() + b"|" for p in parts)).hexdigest()
@@ -127,9 +141,9 @@ def test_class_floor_gives_every_node_every_class() -> None:
 
 
 def test_dirichlet_zeroes_the_share_of_full_nodes() -> None:
-    counts = _dirichlet_counts(np.array([0.5, 0.2, 0.3]), np.array([False, True, True]), 100)
+    counts = dirichlet_counts(np.array([0.5, 0.2, 0.3]), np.array([False, True, True]), 100)
     assert counts.tolist() == [0, 40, 60]
-    assert _dirichlet_counts(np.array([0.0, 0.0, 1.0]), np.array([True, True, False]), 10).tolist() == [5, 5, 0]
+    assert dirichlet_counts(np.array([0.0, 0.0, 1.0]), np.array([True, True, False]), 10).tolist() == [5, 5, 0]
 
 
 @pytest.mark.timeout(30)
@@ -146,17 +160,21 @@ def test_impossible_dirichlet_fails_clearly_and_quickly(which: str, nodes: int, 
 @pytest.mark.parametrize("kwargs,message", [
     ({"num_nodes": 0}, "number of nodes must be an integer >= 1"),
     ({"num_nodes": 2001}, "2001 nodes but only 2000 training samples"),
-    ({"method": "kshard"}, "unknown partition 'kshard'; choose one of: iid, shard, dirichlet"),
-    ({"method": "shard", "shards": 0}, "shards must be an integer >= 1"),
+    ({"method": "kshards"}, "unknown partition 'kshards'; choose one of: dirichlet, iid, kshard, shard"),
+    ({"method": "shard", "shards": 0}, "data.shards: Expected `int` >= 1, got 0"),
+    ({"method": "shard", "shards": 2.0}, "data.shards: Expected `int`, got `float`"),
     ({"method": "shard", "num_nodes": 1000, "shards": 3}, "3000 shards but only 2000 samples"),
-    ({"method": "dirichlet", "beta": 0.0}, "beta must be a finite number > 0"),
-    ({"method": "dirichlet", "beta": float("nan")}, "beta must be a finite number > 0"),
+    ({"method": "kshard", "num_nodes": 1000, "shards": 3}, "2000 samples over 1000 nodes is 2 per node, fewer than 3"),
+    ({"method": "dirichlet", "beta": 0.0}, "data.beta: Expected `float` > 0.0, got 0.0"),
+    ({"method": "dirichlet", "beta": float("nan")}, "data.beta: Expected `float` > 0.0, got nan"),
+    ({"method": "dirichlet", "beta": float("inf")}, "data.beta: Expected a finite `float` > 0.0, got inf"),
+    ({"method": "dirichlet", "min_size": True}, "data.min_size: Expected `int`, got `bool`"),
     ({"method": "dirichlet", "num_nodes": 300, "min_size": 10}, "300 nodes x min_size 10 = 3000 exceeds"),
     ({"seed": -1}, "seed must be an integer >= 0"),
 ])
 def test_invalid_arguments_are_dsim_errors(kwargs: dict, message: str) -> None:
     args = {"num_nodes": 4, "method": "iid", "seed": 0, **kwargs}
-    with pytest.raises(DsimError, match=message.replace("(", r"\(")):
+    with pytest.raises(DsimError, match=re.escape(message)):
         partition_indices(_labels("synthetic"), args.pop("num_nodes"), args.pop("method"), **args)
 
 
@@ -165,6 +183,219 @@ def test_label_counts_match_a_direct_count() -> None:
     assert label_counts(labels, [np.array([0, 3]), np.array([1, 2, 4, 5])], 4).tolist() == \
         [[1, 0, 1, 0], [0, 2, 2, 0]]
     assert label_counts(labels, [np.array([], dtype=np.int64)], 3).tolist() == [[0, 0, 0]]
+
+
+# ------------------------------------------------------------------ kshard (DecentralizePy)
+
+CIFAR_LABELS = np.repeat(np.arange(10, dtype=np.int64), 5000)  # CIFAR-10's train labels: 10 x 5000
+
+
+def _kshard_reference(labels: np.ndarray, nodes: int, shards: int, seed: int) -> list[list[int]]:
+    """DecentralizePy's KShardDataPartitioner line by line on Python lists, label-sorted input,
+    with the offsets drawn from the same Generator (randint(0, len - 1) = integers(len))."""
+    rng = np.random.default_rng(seed)
+    indexes = np.argsort(labels, kind="stable").tolist()
+    part_len = (len(labels) // nodes) // shards
+    partitions: list[list[int]] = []
+    for _ in range(nodes):
+        partitions.append([])
+        for _ in range(shards):
+            start = int(rng.integers(len(indexes)))
+            if start + part_len > len(indexes):
+                partitions[-1].extend(indexes[start:])
+                partitions[-1].extend(indexes[: start + part_len - len(indexes)])
+                indexes = indexes[start + part_len - len(indexes): start]
+            else:
+                partitions[-1].extend(indexes[start: start + part_len])
+                indexes = indexes[:start] + indexes[start + part_len:]
+    return partitions
+
+
+@pytest.mark.parametrize("nodes,shards", [(10, 2), (7, 3), (3, 1), (20, 10)])
+def test_kshard_is_decentralizepys_algorithm(nodes: int, shards: int) -> None:
+    labels = _labels("synthetic")
+    for seed in range(5):
+        got = partition_indices(labels, nodes, "kshard", seed=seed, shards=shards)
+        want = _kshard_reference(labels, nodes, shards, seed)
+        assert [p.tolist() for p in got] == [sorted(w) for w in want]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_kshard_sizes_disjoint_and_reproducible_on_cifar_labels(shuffle: bool) -> None:
+    labels = np.random.default_rng(1).permutation(CIFAR_LABELS) if shuffle else CIFAR_LABELS
+    for shards in (2, 5, 10, 3):
+        parts = partition_indices(labels, 10, "kshard", seed=4, shards=shards)
+        assert [len(p) for p in parts] == [5000 // shards * shards] * 10
+        joined = np.concatenate(parts)
+        assert len(np.unique(joined)) == len(joined)
+        again = partition_indices(labels, 10, "kshard", seed=4, shards=shards)
+        assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = partition_indices(labels, 10, "kshard", seed=5, shards=2)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def _classes_per_node(method: str, shards: int, seeds: range) -> float:
+    return float(np.mean([(label_counts(CIFAR_LABELS, partition_indices(
+        CIFAR_LABELS, 10, method, seed=s, shards=shards), 10) > 0).sum(axis=1).mean() for s in seeds]))
+
+
+@pytest.mark.parametrize("shards,kshard,shard", [(2, 3.85, 1.95), (5, 5.74, 4.20), (10, 7.53, 6.67)])
+def test_classes_per_node_match_the_reference(shards: int, kshard: float, shard: float) -> None:
+    """REFERENCE §9: CIFAR-10 labels, 10 nodes, 20 seeds. The reference's kshard figures are a
+    20-seed sample (the spread over seeds is 0.22-0.33, so +-0.07 of sampling error): compare
+    our expectation (200 seeds) with them, and a 20-seed mean with a wider margin."""
+    assert abs(_classes_per_node("kshard", shards, range(200)) - kshard) < 0.15
+    assert abs(_classes_per_node("kshard", shards, range(20)) - kshard) < 0.25
+    assert abs(_classes_per_node("shard", shards, range(20)) - shard) < 0.05
+
+
+# ------------------------------------------------------------------ the registry
+
+
+@pytest.fixture
+def registry_snapshot():
+    """Partitioner classes defined by a test are removed from the registry afterwards."""
+    before = dict(PARTITIONERS)
+    yield
+    PARTITIONERS.clear()
+    PARTITIONERS.update(before)
+
+
+def test_every_module_in_the_package_is_registered() -> None:
+    import dsim.data.partitioners as pkg
+
+    modules = {p.stem for p in Path(pkg.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert modules == {"base", "dirichlet", "iid", "kshard", "shard"}
+    assert list(PARTITIONERS) == ["dirichlet", "iid", "kshard", "shard"]
+    assert {cls.__module__.rsplit(".", 1)[-1] for cls in PARTITIONERS.values()} == modules - {"base"}
+
+
+def test_a_subclass_registers_its_name_parameters_and_flags(registry_snapshot: None) -> None:
+    from dsim.data.partitioners import Partitioner, click_options, get_partitioner, partition_params
+
+    class FirstK(Partitioner):
+        name = "first-k"
+        doc = "the first `take` samples to every node in turn"
+
+        take: Annotated[int, msgspec.Meta(ge=1, description="samples per node")] = 3
+        shards: Annotated[int, msgspec.Meta(ge=1, description="ignored")] = 2  # shared with shard, kshard
+
+        def _split(self, labels: np.ndarray, num_parts: int, rng: np.random.Generator) -> list[np.ndarray]:
+            return [np.arange(k * self.take, (k + 1) * self.take) for k in range(num_parts)]
+
+    assert get_partitioner("first-k") is FirstK and "first-k" in PARTITIONERS
+    p = make_partitioner("first-k", {"take": 2, "beta": 0.1, "dataset": "mnist"})  # the flat [data] table
+    assert p == FirstK(take=2) and p.describe() == "first-k(take=2, shards=2)"
+    assert [x.tolist() for x in p.split(np.zeros(10, dtype=np.int64), 3, 0)] == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(DsimError, match=re.escape("data.take: Expected `int` >= 1, got 0")):
+        make_partitioner("first-k", {"take": 0})
+    params = partition_params()
+    assert params["take"].default == 3 and params["take"].description == "first-k: samples per node"
+    assert params["shards"].description == "kshard, shard: shards per node; first-k: ignored"
+
+    @click.command()
+    @click_options()
+    def show(**kwargs: object) -> None:
+        click.echo(repr(sorted(kwargs.items())))
+
+    result = CliRunner().invoke(show, ["--take", "5"])
+    assert result.exit_code == 0, result.output
+    assert "('take', 5)" in result.output and "('min_size', 10)" in result.output
+    assert CliRunner().invoke(show, ["--take", "0"]).exit_code == 2
+
+
+def test_bad_declarations_fail_when_defined_or_collected(registry_snapshot: None) -> None:
+    from dsim.data.partitioners import Partitioner, partition_params
+
+    with pytest.raises(TypeError, match="name 'shard' is taken"):
+        class Again(Partitioner):
+            name = "shard"
+            doc = "again"
+
+            def _split(self, labels, num_parts, rng):
+                return []
+    with pytest.raises(TypeError, match="must implement _split"):
+        class Lazy(Partitioner):
+            name = "lazy"
+            doc = "nothing"
+
+    class Clash(Partitioner):
+        name = "clash"
+        doc = "declares shards with another default"
+        shards: Annotated[int, msgspec.Meta(ge=1)] = 4
+
+        def _split(self, labels, num_parts, rng):
+            return [np.arange(0)] * num_parts
+
+    with pytest.raises(TypeError, match="a shared \\[data\\] key needs one type, bounds and default"):
+        partition_params()
+    del PARTITIONERS["clash"]
+
+    class Reserved(Partitioner):
+        name = "reserved"
+        doc = "a parameter named like a dataset key"
+        dataset: str = "x"
+
+        def _split(self, labels, num_parts, rng):
+            return [np.arange(0)] * num_parts
+
+    with pytest.raises(TypeError, match="'dataset': the name is a dataset-level"):
+        partition_params()
+
+
+_PLUGIN = textwrap.dedent('''
+    """A partitioner dropped into the package: nothing else is edited."""
+    from typing import Annotated
+
+    import msgspec
+    import numpy as np
+
+    from dsim.data.partitioners.base import Partitioner
+
+
+    class RoundRobin(Partitioner):
+        name = "round-robin"
+        doc = "sample i to node (i + offset) mod nodes"
+
+        offset: Annotated[int, msgspec.Meta(ge=0, description="node of sample 0")] = 0
+
+        def _split(self, labels, num_parts, rng):
+            owner = (np.arange(labels.size) + self.offset) % num_parts
+            return [np.flatnonzero(owner == k) for k in range(num_parts)]
+''')
+
+_PLUGIN_RUN = textwrap.dedent("""
+    import json, sys
+    import dsim
+    from click.testing import CliRunner
+    from dsim.commands.partition import partition
+    from dsim.data.node_data import node_data
+    assert dsim.__file__.startswith(sys.argv[1]), dsim.__file__
+    r = CliRunner().invoke(partition, ["--dataset", "digits", "--partition", "round-robin",
+                                       "--offset", "1", "--nodes", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    a = node_data({"partition": "round-robin", "offset": 1}, num_parts=3, part=0, seed=0)
+    b = node_data({"partition": "round-robin", "offset": 2}, num_parts=3, part=0, seed=0)
+    print(json.dumps({"counts": json.loads(r.output), "indices": a.indices[:3].tolist(),
+                      "differ": a.fingerprint != b.fingerprint}))
+""")
+
+
+def test_dropping_a_module_into_the_package_is_all_it_takes(tmp_path: Path) -> None:
+    """A copy of the dsim package plus one new file: the partitioner is a CLI choice with its own
+    flag, a [data] key of node_data and part of the fingerprint."""
+    import dsim
+
+    root = tmp_path / "src"
+    shutil.copytree(Path(dsim.__file__).parent, root / "dsim", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "dsim" / "data" / "partitioners" / "round_robin.py").write_text(_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _PLUGIN_RUN, str(root)], capture_output=True, text=True,
+                         cwd=root, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [sum(row) for row in result["counts"]] == [479, 480, 479]  # 1438 samples, node of sample 0 is 1
+    assert result["indices"] == [2, 5, 8] and result["differ"]
 
 
 # ------------------------------------------------------------------ node_data
@@ -191,11 +422,10 @@ def test_node_data_splits_parts_and_fingerprints() -> None:
 
 def test_fingerprint_follows_the_files_digest() -> None:
     ds = load_dataset("digits")
-    conf = data_config({})
     other = dataclasses.replace(ds, files_digest="0" * 64)
-    assert partition_fingerprint(ds, conf, 0, 3) != partition_fingerprint(other, conf, 0, 3)
-    assert partition_fingerprint(ds, conf, 0, 3) == partition_fingerprint(ds, data_config({}), 0, 3)
-    assert node_data({}, num_parts=3, part=0, seed=0).fingerprint == partition_fingerprint(ds, conf, 0, 3)
+    assert partition_fingerprint(ds, {}, 0, 3) != partition_fingerprint(other, {}, 0, 3)
+    assert partition_fingerprint(ds, {}, 0, 3) == partition_fingerprint(ds, {"partition": "iid", "shards": 7}, 0, 3)
+    assert node_data({}, num_parts=3, part=0, seed=0).fingerprint == partition_fingerprint(ds, {}, 0, 3)
 
 
 @needs_mnist
@@ -215,11 +445,11 @@ def test_node_data_on_mnist_agrees_and_refuses_an_altered_file(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("cfg,message", [
-    ({"datset": "mnist"}, "unknown \\[data\\] key 'datset'; valid keys: dataset, data_dir"),
     ({"dataset": "svhn"}, "unknown dataset 'svhn'; choose one of"),
-    ({"partition": "kshard"}, "unknown partition 'kshard'; choose one of: iid, shard, dirichlet"),
-    ({"shards": 2.5}, "data.shards must be an integer"),
-    ({"val_fraction": 1.0}, r"data.val_fraction must be in \[0, 1\)"),
+    ({"partition": "kshards"}, "unknown partition 'kshards'; choose one of: dirichlet, iid, kshard, shard"),
+    ({"partition": "shard", "shards": 2.5}, "data.shards: Expected `int`, got `float`"),
+    ({"partition": "dirichlet", "class_floor": -1}, "data.class_floor: Expected `int` >= 0, got -1"),
+    ({"val_fraction": 1.0}, r"data.val_fraction must be a number in \[0, 1\)"),
     ({"download": "yes"}, "data.download must be true or false"),
 ])
 def test_bad_data_config_is_a_dsim_error(cfg: dict, message: str) -> None:

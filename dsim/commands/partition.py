@@ -13,10 +13,11 @@ import click
 import numpy as np
 
 from dsim.data.datasets import DATASETS
-from dsim.data.node_data import DATA_DEFAULTS, partition_for
-from dsim.data.partition import PARTITIONERS, label_counts
+from dsim.data.node_data import DATASET_DEFAULTS, partition_for
+from dsim.data.partitioners import PARTITIONERS, click_options, label_counts, make_partitioner
 
-D = DATA_DEFAULTS
+D = DATASET_DEFAULTS
+_CHOICES = "; ".join(f"{name}: {cls.doc}" for name, cls in PARTITIONERS.items())
 
 
 @click.command("partition")
@@ -25,31 +26,23 @@ D = DATA_DEFAULTS
               help="Folder holding the dataset files (DIR, DIR/<name>/ or torchvision's layout).")
 @click.option("--download", is_flag=True, help="Fetch missing files into DATA_DIR/<name>/ "
               "(DSIM_DATA_MIRROR=URL overrides the official mirrors).")
-@click.option("--partition", "method", type=click.Choice(PARTITIONERS), default=D["partition"],
-              show_default=True)
-@click.option("--shards", type=click.IntRange(min=1), default=D["shards"], show_default=True,
-              help="shard: shards per node.")
-@click.option("--beta", type=float, default=D["beta"], show_default=True,
-              help="dirichlet: concentration; smaller = more skewed.")
-@click.option("--min-size", type=click.IntRange(min=0), default=D["min_size"], show_default=True,
-              help="dirichlet: resample until every node has this many samples.")
-@click.option("--class-floor", type=click.IntRange(min=0), default=D["class_floor"],
-              show_default=True, help="dirichlet: samples of every class given to every node first.")
+@click.option("--partition", "method", type=click.Choice(list(PARTITIONERS)), default=D["partition"],
+              show_default=True, help=f"{_CHOICES}.")
+@click_options()
 @click.option("--nodes", type=click.IntRange(min=1), required=True, help="Number of nodes with data.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of per-class counts per node.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the label distribution as stacked bars into this PNG.")
-def partition(dataset: str, data_dir: Path | None, download: bool, method: str, shards: int,
-              beta: float, min_size: int, class_floor: int, nodes: int, seed: int, as_json: bool,
-              plot: Path | None) -> None:
+def partition(dataset: str, data_dir: Path | None, download: bool, method: str, nodes: int, seed: int,
+              as_json: bool, plot: Path | None, **params: object) -> None:
     """Print each node's label counts for a dataset, partitioner, node count and seed."""
     cfg = {"dataset": dataset, "data_dir": str(data_dir or ""), "download": download,
-           "partition": method, "shards": shards, "beta": beta, "min_size": min_size,
-           "class_floor": class_floor}
+           "partition": method, **params}
+    partitioner = make_partitioner(method, params)
     ds, parts, fingerprint = partition_for(cfg, num_parts=nodes, seed=seed)
     counts = label_counts(ds.train_y.numpy(), parts, ds.num_classes)
-    title = f"{dataset}: {_describe(cfg)} over {nodes} nodes, seed {seed}"
+    title = f"{dataset}: {partitioner.describe()} over {nodes} nodes, seed {seed}"
     if as_json:
         click.echo(json.dumps(counts.tolist()))
     else:
@@ -59,15 +52,6 @@ def partition(dataset: str, data_dir: Path | None, download: bool, method: str, 
         click.echo(format_table(counts))
     if plot is not None:
         plot_counts(counts, plot, title)
-
-
-def _describe(cfg: dict) -> str:
-    if cfg["partition"] == "shard":
-        return f"shard({cfg['shards']} per node)"
-    if cfg["partition"] == "dirichlet":
-        floor = f", class_floor={cfg['class_floor']}" if cfg["class_floor"] else ""
-        return f"dirichlet(beta={cfg['beta']:g}, min_size={cfg['min_size']}{floor})"
-    return "iid"
 
 
 def format_table(counts: np.ndarray) -> str:
