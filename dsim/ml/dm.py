@@ -9,10 +9,15 @@ Seeds. Everything random is derived from integers, never from the global RNG:
 
 Batching. The loss is sum_y ||mean embed(DSA(real_y)) - mean embed(DSA(syn_y))||^2. All classes'
 real batches are concatenated and embedded in one no-grad pass, all synthetic images in one pass
-with grad, and per-class means are segment sums (index_add): no per-class forward calls. Each pass
-runs in class-agnostic chunks of `chunk` images (see CHUNK). With instance norm (the default) or
-no norm each image is embedded independently, so this equals the per-class formulation; with
-batchnorm the batch statistics would mix classes and chunks.
+with grad, and per-class means are segment sums: no per-class forward calls. Each pass runs in
+class-agnostic chunks of `chunk` images (default: device.default_chunk, 16 on a CPU, 1024 on a
+GPU). With instance norm (the default) or no norm each image is embedded independently, so this
+equals the per-class formulation; with batchnorm the batch statistics would mix classes and chunks.
+
+Devices. Everything runs on the device of the real images (`server_refine`: of the synthetic ones);
+networks are built on the CPU from their seed and moved (same network everywhere), labels are read
+on the host once per call, and the chosen real images of an iteration reach the device as one
+index copy. Nothing reads a device value back inside the loops unless a progress callback asks.
 
 Missing classes. A class absent from a client's real data is skipped: `distill_dm` does not touch
 synthetic images of classes without real data, `init_from_real` creates none for it, and
@@ -28,9 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from dsim.errors import DsimError
+from dsim.ml.device import CPU_CHUNK, DeviceLike, default_chunk, to_device
 from dsim.ml.dsa import DEFAULT_STRATEGY, augment, derive_seed
 from dsim.ml.models import ConvNet, ModelSpec, build_model, embedding_dim
-from dsim.ml.pae import expand, pack
+from dsim.ml.pae import expand_images, pack
 
 Targets = Mapping[int, torch.Tensor] | Sequence[tuple[int, torch.Tensor]]
 """CollabDM targets in step order: seed alpha_t -> aggregated mean embeddings [classes, emb_dim]."""
@@ -41,9 +47,8 @@ ProgressFn = Callable[[int, float], None]
 LossFn = Callable[..., torch.Tensor]
 
 _SAMPLING_STREAM = -1  # derive_seed(seed, -1) seeds the real-batch sampler
-CHUNK = 16
-"""Images per forward call. Class-agnostic chunks of ~16 28x28 images keep ConvNet-3 activations
-near cache; on this 2-core CPU they gave ~1.5x the images/s of 128- to 2,560-image calls."""
+CHUNK = CPU_CHUNK
+"""Images per forward call on a CPU (device.CPU_CHUNK); `chunk=None` picks device.default_chunk."""
 
 
 # ---------------------------------------------------------------- data helpers
@@ -55,7 +60,8 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def class_index(labels: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Sorted class -> positions of that class in `labels`."""
+    """Sorted class -> positions of that class in `labels` (on labels' device; the loops below
+    pass CPU labels: building the index reads values, a sync per class on a GPU)."""
     labels = labels.long()
     return {int(c): torch.nonzero(labels == c).flatten() for c in torch.unique(labels).tolist()}
 
@@ -77,23 +83,27 @@ def init_from_real(
     """Synthetic set of `ipc` random real images per class present (sorted by class).
 
     With pae factor l each stored image packs l*l random real images. A class with fewer real images
-    than needed reuses them (cycling a random permutation); absent classes get no images.
+    than needed reuses them (cycling a random permutation); absent classes get no images. Images and
+    labels are on real_x's device (the choice is made on the CPU, so it is the same everywhere).
     """
     if ipc < 1:
         raise DsimError(f"images per class must be >= 1, got {ipc}")
     factor = pae_factor or 1
     need = ipc * factor * factor
     gen = torch.Generator().manual_seed(seed)
-    images, labels = [], []
-    for cls, idx in class_index(real_y).items():
+    orders, classes = [], []
+    for cls, idx in class_index(real_y.cpu()).items():
         order = idx[torch.randperm(len(idx), generator=gen)]
         if len(order) < need:
             order = order.repeat(-(-need // len(order)))
-        images.append(pack(real_x[order[:need]], factor))
-        labels.append(torch.full((ipc,), cls, dtype=torch.long))
-    if not images:
+        orders.append(order[:need])
+        classes.append(cls)
+    if not orders:
         raise DsimError("cannot initialise a synthetic set from an empty real set")
-    return torch.cat(images).detach().clone(), torch.cat(labels)
+    picked = real_x[to_device(torch.cat(orders), real_x.device)]
+    images = torch.cat([pack(part, factor) for part in picked.split(need)])
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(ipc)
+    return images.detach().clone(), to_device(labels, real_x.device)
 
 
 def sample_class_batches(
@@ -103,12 +113,20 @@ def sample_class_batches(
     batch: int,
     gen: torch.Generator,
 ) -> list[torch.Tensor]:
-    """Up to `batch` random real images (without replacement) of each class, in `classes` order."""
-    parts = []
+    """Up to `batch` random real images (without replacement) of each class, in `classes` order.
+
+    The permutations come from `gen` (a CPU generator) and index `index` (best kept on the CPU);
+    the chosen positions reach real_x's device in one copy and are gathered in one call.
+    """
+    picks = []
     for cls in classes:
         idx = index[cls]
-        parts.append(real_x[idx[torch.randperm(len(idx), generator=gen)[:batch]]])
-    return parts
+        perm = torch.randperm(len(idx), generator=gen)[:batch]
+        picks.append(idx[to_device(perm, idx.device)])
+    if not picks:
+        return []
+    positions = to_device(torch.cat(picks), real_x.device)
+    return list(real_x[positions].split([len(p) for p in picks]))
 
 
 def _syn_parts(
@@ -117,24 +135,36 @@ def _syn_parts(
     classes: Sequence[int],
     pae_factor: int | None,
 ) -> list[torch.Tensor]:
-    """Each class's synthetic images, pae-expanded (differentiable in `syn`)."""
+    """Each class's synthetic images, pae-expanded (differentiable in `syn`; `index` on syn's device)."""
     parts = []
     for cls in classes:
         images = syn[index[cls]]
         if pae_factor and pae_factor > 1:
-            images, _ = expand(images, torch.zeros(len(images), dtype=torch.long), pae_factor)
+            images = expand_images(images, pae_factor)
         parts.append(images)
     return parts
+
+
+def _on_device(index: Mapping[int, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
+    """A class index moved to `device` once per call (one small copy per class)."""
+    return {c: to_device(i, device) for c, i in index.items()}
 
 
 # ---------------------------------------------------------------- embedding statistics
 
 
 def frozen_net(
-    spec: ModelSpec, channels: int, num_classes: int, image_size: int, seed: int
+    spec: ModelSpec,
+    channels: int,
+    num_classes: int,
+    image_size: int,
+    seed: int,
+    *,
+    device: DeviceLike | None = None,
 ) -> ConvNet:
-    """The random embedding network of one DM step / CollabDM seed: built from `seed`, no grads."""
-    net = build_model(spec, channels, num_classes, image_size, seed)
+    """The random embedding network of one DM step / CollabDM seed: built from `seed`, no grads,
+    on `device` (the same weights on every device)."""
+    net = build_model(spec, channels, num_classes, image_size, seed, device=device)
     net.requires_grad_(False)
     net.train()  # as the reference: matters only for batchnorm
     return net
@@ -149,7 +179,22 @@ def _augment_parts(
 def _segment_stats(
     emb: torch.Tensor, sizes: Sequence[int], with_std: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-segment mean (and unbiased std) of consecutive row blocks of `emb`."""
+    """Per-segment mean (and unbiased std) of consecutive row blocks of `emb`.
+
+    On a CPU one index_add over all rows (as always: CPU results stay bit-identical). Elsewhere a
+    sum per segment: index_add accumulates with atomics on CUDA (not reproducible), and the
+    segment sizes stay Python ints, so nothing is copied to the device.
+    """
+    if emb.device.type != "cpu":
+        segments = emb.split(list(sizes))
+        mean = torch.stack([s.sum(0) / len(s) for s in segments])
+        if not with_std:
+            return mean, None
+        std = [
+            ((s - m) ** 2).sum(0).div(max(len(s) - 1, 1)).sqrt()
+            for s, m in zip(segments, mean, strict=True)
+        ]
+        return mean, torch.stack(std)
     counts = torch.tensor(sizes, dtype=emb.dtype, device=emb.device)
     ids = torch.repeat_interleave(torch.arange(len(sizes), device=emb.device), torch.tensor(sizes))
     zeros = emb.new_zeros(len(sizes), emb.shape[1])
@@ -161,10 +206,14 @@ def _segment_stats(
     return mean, var.sqrt()
 
 
-def _embed(net: ConvNet, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """net.embed(x) computed `chunk` images at a time (same result, cache-friendly)."""
+def _embed(net: ConvNet, x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """net.embed(x) computed `chunk` images at a time (same result; None: default_chunk(x.device))."""
+    if chunk is None:
+        chunk = default_chunk(x.device)
     if chunk < 1:
         raise DsimError(f"chunk must be >= 1, got {chunk}")
+    if len(x) <= chunk:
+        return net.embed(x)
     return torch.cat([net.embed(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
@@ -175,7 +224,7 @@ def real_class_stats(
     strategy: str | None,
     *,
     with_std: bool = False,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (and std) embedding of each part under siamese DSA; no autograd at all."""
     with torch.no_grad():
@@ -190,7 +239,7 @@ def syn_class_stats(
     strategy: str | None,
     *,
     with_std: bool = False,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (and std) embedding of each synthetic part, one pass in chunks, differentiable."""
     emb = _embed(net, _augment_parts(parts, strategy, aug_seeds), chunk)
@@ -205,7 +254,7 @@ def dm_loss(
     strategy: str | None,
     *,
     match_std: bool = False,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """DM loss of one network, batched over classes (part k of real/syn/seeds = one class)."""
     real_mean, real_std = real_class_stats(
@@ -230,14 +279,17 @@ def dm_loss_per_class(
     match_std: bool = False,
 ) -> torch.Tensor:
     """The reference formulation: two forward passes per class. Baseline for tests/benchmarks."""
-    loss = torch.zeros(())
+    loss = None
     for real, syn, seed in zip(real_parts, syn_parts, aug_seeds, strict=True):
         with torch.no_grad():
             real_emb = net.embed(augment(real, strategy, seed))
         syn_emb = net.embed(augment(syn, strategy, seed))
-        loss = loss + ((real_emb.mean(0) - syn_emb.mean(0)) ** 2).sum()
+        term = ((real_emb.mean(0) - syn_emb.mean(0)) ** 2).sum()
         if match_std:
-            loss = loss + ((real_emb.std(0) - syn_emb.std(0)) ** 2).sum()
+            term = term + ((real_emb.std(0) - syn_emb.std(0)) ** 2).sum()
+        loss = term if loss is None else loss + term
+    if loss is None:
+        return torch.zeros((), device=syn_parts[0].device if syn_parts else None)
     return loss
 
 
@@ -261,7 +313,7 @@ def distill_dm(
     pae_factor: int | None = None,
     match_std: bool = False,
     progress: ProgressFn | None = None,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
     per_class_loop: bool = False,
 ) -> torch.Tensor:
     """Distill (real_x, real_y) into the synthetic images `init_x` (labels `init_y`) by DM.
@@ -269,7 +321,9 @@ def distill_dm(
     Per iteration: a fresh frozen random network, up to `batch_real` real images per class, siamese
     DSA per class, loss summed over classes, ONE SGD step on the pixels. pae_factor: stored images
     are expanded before embedding; CollabDM-pae clients also set match_std=True (REFERENCE §3).
-    Returns the distilled images (same shape as init_x); bit-identical for the same inputs and seed.
+    Returns the distilled images (same shape as init_x) on real_x's device (init_x is moved there);
+    bit-identical for the same inputs, seed and device. chunk: images per forward call (None:
+    default_chunk of the device). progress forces one device sync per step (it reads the loss).
     per_class_loop: the reference code's one forward per class instead of one batched pass (the
     benchmark baseline); same sampling, networks and steps, so the same images up to float rounding.
     """
@@ -309,24 +363,27 @@ def _distill(
         )
     if iterations < 0 or batch_real < 1:
         raise DsimError(f"need iterations >= 0 and batch_real >= 1, got {iterations}, {batch_real}")
+    device = real_x.device
+    real_y, init_y = real_y.cpu(), init_y.cpu()  # labels are read on the host, once
     if num_classes is None:
-        num_classes = int(max(real_y.max(), init_y.max())) + 1
+        num_classes = max(int(real_y.max()), int(init_y.max())) + 1
     real_index = class_index(real_y)
     syn_index = class_index(init_y)
     classes = [c for c in syn_index if c in real_index]
+    syn_rows = _on_device(syn_index, device)
     sampler = torch.Generator().manual_seed(derive_seed(seed, _SAMPLING_STREAM))
 
     def loss_at(it: int, syn: torch.Tensor) -> torch.Tensor:
         net_seed = derive_seed(seed, it)
-        net = frozen_net(model, channels, num_classes, size, net_seed)
+        net = frozen_net(model, channels, num_classes, size, net_seed, device=device)
         real_parts = sample_class_batches(real_x, real_index, classes, batch_real, sampler)
-        syn_parts = _syn_parts(syn, syn_index, classes, pae_factor)
+        syn_parts = _syn_parts(syn, syn_rows, classes, pae_factor)
         aug_seeds = [derive_seed(net_seed, c) for c in classes]
         return loss_fn(
             net, real_parts, syn_parts, aug_seeds, dsa_strategy, match_std=match_std, **loss_kwargs
         )
 
-    return _descend(init_x, lr, momentum, iterations, loss_at, progress)
+    return _descend(to_device(init_x, device), lr, momentum, iterations, loss_at, progress)
 
 
 def _descend(
@@ -337,7 +394,9 @@ def _descend(
     loss_at: Callable[[int, torch.Tensor], torch.Tensor],
     progress: ProgressFn | None,
 ) -> torch.Tensor:
-    """SGD on the pixels of a copy of `init`, one step per loss_at(step, pixels): DM and the CollabDM server."""
+    """SGD on the pixels of a copy of `init`, one step per loss_at(step, pixels): DM and the CollabDM server.
+
+    The loss is read back (a device sync) only for a progress callback."""
     syn = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
     for step in range(steps):
@@ -363,29 +422,33 @@ def client_mean_embeddings(
     model: ModelSpec = "convnet",
     dsa_strategy: str | None = DEFAULT_STRATEGY,
     sample_seed: int = 0,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Client side of CollabDM: Tensor[len(seeds), num_classes, emb_dim] of mean real embeddings.
 
     Row (t, y) is the mean embedding of up to `batch` random real images of class y, augmented
     with DSA seed derive_seed(seeds[t], y), under the network built from seeds[t]. Classes the
     client lacks are zero rows (send `class_counts` beside them). Real images are never
-    pae-expanded. Batch sampling is seeded by (sample_seed, seeds[t]).
+    pae-expanded. Batch sampling is seeded by (sample_seed, seeds[t]). On real_x's device and dtype.
     """
     channels, size = _image_shape(real_x, "real images")
-    index = {c: i for c, i in class_index(real_y).items() if c < num_classes}
+    device = real_x.device
+    index = {c: i for c, i in class_index(real_y.cpu()).items() if c < num_classes}
     classes = list(index)
-    out = torch.zeros(len(seeds), num_classes, embedding_dim(model, size))
+    out = torch.zeros(
+        len(seeds), num_classes, embedding_dim(model, size), device=device, dtype=real_x.dtype
+    )
+    if not classes:
+        return out
+    rows = to_device(torch.tensor(classes, dtype=torch.long), device)
     for t, net_seed in enumerate(seeds):
-        if not classes:
-            break
-        net = frozen_net(model, channels, num_classes, size, net_seed)
+        net = frozen_net(model, channels, num_classes, size, net_seed, device=device)
         sampler = torch.Generator().manual_seed(derive_seed(sample_seed, net_seed))
         parts = sample_class_batches(real_x, index, classes, batch, sampler)
         means, _ = real_class_stats(
             net, parts, [derive_seed(net_seed, c) for c in classes], dsa_strategy, chunk=chunk
         )
-        out[t, classes] = means
+        out[t, rows] = means
     return out
 
 
@@ -399,8 +462,9 @@ def aggregate_client_means(
     """
     if not means or len(means) != len(counts):
         raise DsimError("aggregate_client_means needs one counts tensor per client means tensor")
-    stacked = torch.stack(list(means))  # [K, C, D]
-    has = torch.stack([c > 0 for c in counts]).to(stacked.dtype)  # [K, C]
+    device = means[0].device  # the result lives with the first client's means
+    stacked = torch.stack([to_device(m, device) for m in means])  # [K, C, D]
+    has = torch.stack([to_device(c, device) > 0 for c in counts]).to(stacked.dtype)  # [K, C]
     total = has.sum(0)
     target = (stacked * has[:, :, None]).sum(0) / total.clamp(min=1)[:, None]
     return target, total > 0
@@ -410,25 +474,51 @@ def _target_items(targets: Targets) -> list[tuple[int, torch.Tensor]]:
     return list(targets.items()) if isinstance(targets, Mapping) else list(targets)
 
 
+class _CollabSteps:
+    """The per-seed pieces of the CollabDM server loss, prepared once per call on syn's device:
+    targets copied over, each step's classes (those with a target) and their rows as an index."""
+
+    def __init__(
+        self,
+        syn_x: torch.Tensor,
+        syn_y: torch.Tensor,
+        targets: Targets,
+        present: Mapping[int, torch.Tensor] | None,
+    ) -> None:
+        device = syn_x.device
+        syn_index = class_index(syn_y.cpu())
+        self.syn_rows = _on_device(syn_index, device)
+        self.steps: list[tuple[int, torch.Tensor, list[int], torch.Tensor | None]] = []
+        row_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        for net_seed, target in _target_items(targets):
+            mask = present[net_seed].tolist() if present is not None else None
+            classes = [c for c in syn_index if c < len(target) and (mask is None or mask[c])]
+            key = tuple(classes)
+            if classes and key not in row_cache:
+                row_cache[key] = to_device(torch.tensor(classes, dtype=torch.long), device)
+            self.steps.append((net_seed, to_device(target, device), classes, row_cache.get(key)))
+
+
 def _collab_loss(
     net: ConvNet,
     syn: torch.Tensor,
-    syn_index: Mapping[int, torch.Tensor],
+    syn_rows: Mapping[int, torch.Tensor],
     target: torch.Tensor,
-    present: torch.Tensor | None,
+    classes: Sequence[int],
+    rows: torch.Tensor | None,
     net_seed: int,
     dsa_strategy: str | None,
     pae_factor: int | None,
+    chunk: int | None,
 ) -> torch.Tensor:
-    """sum_y ||target[y] - mean embed(DSA_{seed,y}(expand(syn^y)))||^2 over classes with a target."""
-    classes = [c for c in syn_index if c < len(target) and (present is None or bool(present[c]))]
-    if not classes:
+    """sum_y ||target[y] - mean embed(DSA_{seed,y}(expand(syn^y)))||^2 over `classes` (their rows)."""
+    if not classes or rows is None:
         return syn.sum() * 0.0
-    parts = _syn_parts(syn, syn_index, classes, pae_factor)
+    parts = _syn_parts(syn, syn_rows, classes, pae_factor)
     means, _ = syn_class_stats(
-        net, parts, [derive_seed(net_seed, c) for c in classes], dsa_strategy
+        net, parts, [derive_seed(net_seed, c) for c in classes], dsa_strategy, chunk=chunk
     )
-    return ((target[classes].to(means.dtype) - means) ** 2).sum()
+    return ((target[rows].to(means.dtype) - means) ** 2).sum()
 
 
 def server_refine(
@@ -444,6 +534,7 @@ def server_refine(
     dsa_strategy: str | None = DEFAULT_STRATEGY,
     pae_factor: int | None = None,
     progress: ProgressFn | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Server side of CollabDM: one SGD step on the synthetic pixels per seed, in `targets` order.
 
@@ -451,19 +542,21 @@ def server_refine(
     (seed, target) pairs); present (optional):
     seed -> bool [num_classes], classes without a target are left out of that step's loss. The
     network and the per-class DSA are rebuilt from each seed exactly as the clients did; the
-    whole synthetic set of each class is used (no std term, as in the reference server).
+    whole synthetic set of each class is used (no std term, as in the reference server). Runs on
+    syn_x's device; targets and masks may live anywhere (they are copied over once, up front).
     """
     channels, size = _image_shape(syn_x, "synthetic images")
-    syn_index = class_index(syn_y)
-    items = _target_items(targets)
+    prepared = _CollabSteps(syn_x, syn_y, targets, present)
 
     def loss_at(step: int, syn: torch.Tensor) -> torch.Tensor:
-        net_seed, target = items[step]
-        net = frozen_net(model, channels, num_classes, size, net_seed)
-        mask = present[net_seed] if present is not None else None
-        return _collab_loss(net, syn, syn_index, target, mask, net_seed, dsa_strategy, pae_factor)
+        net_seed, target, classes, rows = prepared.steps[step]
+        net = frozen_net(model, channels, num_classes, size, net_seed, device=syn.device)
+        return _collab_loss(
+            net, syn, prepared.syn_rows, target, classes, rows, net_seed, dsa_strategy,
+            pae_factor, chunk,
+        )  # fmt: skip
 
-    return _descend(syn_x, lr, momentum, len(items), loss_at, progress)
+    return _descend(syn_x, lr, momentum, len(prepared.steps), loss_at, progress)
 
 
 def collab_objective(
@@ -477,20 +570,21 @@ def collab_objective(
     dsa_strategy: str | None = DEFAULT_STRATEGY,
     pae_factor: int | None = None,
 ) -> float:
-    """Sum over seeds of the CollabDM loss of a fixed synthetic set (for logging and tests)."""
+    """Sum over seeds of the CollabDM loss of a fixed synthetic set (for logging and tests); one
+    device sync at the end, not one per seed."""
     channels, size = _image_shape(syn_x, "synthetic images")
-    syn_index = class_index(syn_y)
-    total = 0.0
+    prepared = _CollabSteps(syn_x, syn_y, targets, present)
+    losses = []
     with torch.no_grad():
-        for net_seed, target in _target_items(targets):
-            net = frozen_net(model, channels, num_classes, size, net_seed)
-            mask = present[net_seed] if present is not None else None
-            total += float(
+        for net_seed, target, classes, rows in prepared.steps:
+            net = frozen_net(model, channels, num_classes, size, net_seed, device=syn_x.device)
+            losses.append(
                 _collab_loss(
-                    net, syn_x, syn_index, target, mask, net_seed, dsa_strategy, pae_factor
+                    net, syn_x, prepared.syn_rows, target, classes, rows, net_seed, dsa_strategy,
+                    pae_factor, None,
                 )
-            )
-    return total
+            )  # fmt: skip
+    return sum(torch.stack(losses).tolist()) if losses else 0.0
 
 
 # ---------------------------------------------------------------- server's global set

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from dsim.errors import DsimError
+from dsim.ml.device import to_device
 from dsim.ml.dsa import DEFAULT_STRATEGY, derive_seed
-from dsim.ml.models import ModelSpec, build_model
+from dsim.ml.models import ModelSpec, build_model, model_device
 from dsim.ml.pae import expand
 from dsim.ml.train import train_model
 
@@ -22,18 +23,24 @@ class SyntheticScore(TypedDict):
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    """Top-1 accuracy in [0, 1] of `model` (eval mode, no grad); restores the model's mode."""
+    """Top-1 accuracy in [0, 1] of `model` (eval mode, no grad); restores the model's mode.
+
+    Runs on the model's device: a test set elsewhere is copied over one batch at a time (so a
+    large CPU test set never sits whole on a GPU); the count is read back once, at the end.
+    """
     if len(x) == 0:
         raise DsimError("cannot evaluate on an empty test set")
+    device = model_device(model)
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.no_grad():
         for start in range(0, len(x), batch):
-            pred = model(x[start : start + batch]).argmax(1)
-            correct += int((pred == y[start : start + batch].long()).sum())
+            pred = model(to_device(x[start : start + batch], device)).argmax(1)
+            labels = to_device(y[start : start + batch], device).long()
+            correct += (pred == labels).sum()
     model.train(was_training)
-    return correct / len(x)
+    return int(correct) / len(x)
 
 
 def evaluate_synthetic(
@@ -60,6 +67,8 @@ def evaluate_synthetic(
     Training: SGD (lr, momentum 0.9, weight decay 5e-4), DSA on every batch, lr x0.1 at half;
     the papers use 1000 epochs, scale `epochs` down on a CPU. A pae set is expanded first.
     Returns accuracies in [0, 1], their mean and population std (np.std, as the reference).
+    The models are built on the CPU from their seeds and trained on syn_x's device; the test set
+    may stay on the CPU (it is streamed over in batches).
     """
     if num_models < 1:
         raise DsimError(f"num_models must be >= 1, got {num_models}")
@@ -73,12 +82,13 @@ def evaluate_synthetic(
     if pae_factor and pae_factor > 1:
         train_x, train_y = expand(train_x, train_y, pae_factor)
     if num_classes is None:
-        num_classes = int(max(train_y.max(), test_y.max())) + 1
+        num_classes = max(int(train_y.max()), int(test_y.max())) + 1
     accuracies = []
     for i in range(num_models):
         net = build_model(
-            model, syn_x.shape[1], num_classes, syn_x.shape[-1], derive_seed(seed, i, 1)
-        )
+            model, syn_x.shape[1], num_classes, syn_x.shape[-1], derive_seed(seed, i, 1),
+            device=syn_x.device,
+        )  # fmt: skip
         train_model(
             net, train_x, train_y, epochs=epochs, lr=lr, momentum=momentum,
             weight_decay=weight_decay, batch=batch, dsa_strategy=dsa_strategy,

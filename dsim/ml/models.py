@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dsim.errors import DsimError
+from dsim.ml.device import to_device
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTS = ("relu", "leakyrelu", "sigmoid")
@@ -169,18 +170,36 @@ class ConvNet(nn.Module):
 
 
 def build_model(
-    spec: ModelSpec, channels: int, num_classes: int, image_size: int, seed: int
+    spec: ModelSpec,
+    channels: int,
+    num_classes: int,
+    image_size: int,
+    seed: int,
+    *,
+    device: torch.device | str | None = None,
 ) -> ConvNet:
     """A ConvNet whose initial weights depend only on (spec, shape, seed): same in every process.
 
-    The global torch RNG is forked, so building a model never perturbs the caller's random stream.
+    The weights are always drawn on the CPU (the global torch RNG is forked, so building a model
+    never perturbs the caller's random stream) and then moved to `device`: a seed means the same
+    network on a CPU and on a GPU, which CollabDM's seeds-only protocol relies on.
     """
     cfg = model_config(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return ConvNet(
+        net = ConvNet(
             channels, num_classes, image_size, cfg.width, cfg.depth, cfg.norm, cfg.act, cfg.pool
         )
+    if device is not None and torch.device(device).type != "cpu":
+        net.to(device, non_blocking=True)  # host to device: safe without a sync
+    return net
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of a module's first parameter (or buffer); the CPU for a module without any."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def param_count(model: nn.Module) -> int:
@@ -189,7 +208,7 @@ def param_count(model: nn.Module) -> int:
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
-    """All parameters as one detached 1-D float tensor (module order), for FedAvg / MTT."""
+    """All parameters as one detached 1-D float tensor (module order, on the model's device)."""
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
@@ -199,6 +218,7 @@ def load_flat_params(model: nn.Module, vector: torch.Tensor) -> None:
     if vector.dim() != 1 or vector.numel() != total:
         raise ValueError(f"flat parameter vector has {vector.numel()} values, model needs {total}")
     offset = 0
+    vector = to_device(vector, model_device(model))  # one copy, not one per parameter
     with torch.no_grad():
         for p in model.parameters():
             n = p.numel()

@@ -20,6 +20,10 @@ derive_seed(seed, k, 2); distillation draws experts, start epochs, minibatches a
 DSA from one generator seeded with derive_seed(seed, -1); the synthetic set starts from
 init_from_real(..., seed=derive_seed(seed, -2)); every evaluation trains fresh models from the same
 derive_seed(seed, -3), so successive evaluations differ only by the images and the lr.
+
+Devices. Experts train, and distillation runs, on the device of the real images. Trajectories are
+kept on the CPU (or on disk): a buffer of many experts outgrows a GPU, and each iteration copies
+only its two snapshots over. Generators are CPU generators (the same draws on every device).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dsim.errors import DsimError
+from dsim.ml.device import DeviceLike, to_device
 from dsim.ml.dm import init_from_real
 from dsim.ml.dsa import augment, derive_seed
 from dsim.ml.evaluate import evaluate_synthetic
@@ -73,14 +78,17 @@ class Trajectory:
                 f"a trajectory is [epochs + 1, params], got shape {tuple(self.params.shape)}"
             )
 
-    def epoch(self, t: int) -> torch.Tensor:
-        """Parameters after epoch t as a fresh float32 vector (a copy: safe to modify)."""
+    def epoch(self, t: int, device: DeviceLike | None = None) -> torch.Tensor:
+        """Parameters after epoch t as a fresh float32 vector (a copy: safe to modify), on
+        `device` (default: where the trajectory is, the CPU for a memory map)."""
         if not 0 <= t < len(self):
             raise IndexError(f"epoch {t} outside trajectory of {len(self)} snapshots")
         row = self.params[t]
         if isinstance(row, torch.Tensor):
-            return row.detach().to(torch.float32).clone()
-        return torch.from_numpy(np.array(row, dtype=np.float32))
+            vector = row.detach().to(torch.float32).clone()
+        else:
+            vector = torch.from_numpy(np.array(row, dtype=np.float32))
+        return vector if device is None else to_device(vector, device)
 
     def __len__(self) -> int:
         return int(self.params.shape[0])
@@ -172,7 +180,8 @@ def train_experts(
     As the reference buffer.py: SGD with momentum 0, weight decay 0 and a constant lr; DSA (one
     op per batch, per-image parameters) on every batch when a strategy is given. With `store_dir`
     expert k goes to store_dir/expert_{k:04d}.npy (overwriting) and comes back memory-mapped;
-    give each buffer its own folder, as `load_experts` reads every expert_*.npy there.
+    give each buffer its own folder, as `load_experts` reads every expert_*.npy there. Training
+    runs on x's device; the snapshots are copied to the CPU after every epoch.
     """
     channels, size = _check_images(x, y, num_classes, "expert training data")
     if num_experts < 1 or epochs < 1:
@@ -186,12 +195,12 @@ def train_experts(
     for k in range(num_experts):
         net = build_model(model, channels, num_classes, size, derive_seed(seed, k, 1))
         snapshots = torch.empty(epochs + 1, sum(p.numel() for p in net.parameters()))
-        snapshots[0] = flat_params(net)
+        snapshots[0] = flat_params(net)  # built on the CPU, moved to x's device by train_model
 
         def snapshot(
             done: int, trained: nn.Module, k: int = k, rows: torch.Tensor = snapshots
         ) -> None:
-            rows[done] = flat_params(trained)
+            rows[done] = flat_params(trained).cpu()
             if progress is not None:
                 progress(k * epochs + done, total)
 
@@ -232,11 +241,17 @@ class FunctionalNet:
 
 
 def student_net(
-    model: ModelSpec, channels: int, num_classes: int, image_size: int
+    model: ModelSpec,
+    channels: int,
+    num_classes: int,
+    image_size: int,
+    *,
+    device: DeviceLike | None = None,
 ) -> FunctionalNet:
-    """The functional student of `distill_mtt` (its own weights are never used)."""
+    """The functional student of `distill_mtt` on `device` (its own weights are never used; its
+    buffers, if any, must sit with the flat parameters)."""
     _refuse_batchnorm(model)
-    return FunctionalNet(build_model(model, channels, num_classes, image_size, seed=0))
+    return FunctionalNet(build_model(model, channels, num_classes, image_size, 0, device=device))
 
 
 def matching_loss(
@@ -257,15 +272,20 @@ def matching_loss(
     Each step takes the next `batch_syn` images of a random permutation (a new permutation when
     one runs out, as the reference), augments them with per-image DSA drawn from `generator`, and
     sets theta <- theta - lr * grad CE(theta) with create_graph, so the result is differentiable
-    in `images` and `lr`.
+    in `images` and `lr`. Runs on the device of `images` (start, target, labels and lr are moved
+    there if they are elsewhere); `generator` is a CPU generator, each permutation is copied once.
     """
+    device = images.device
     batch = len(images) if batch_syn is None else batch_syn
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    start, target = to_device(start, device), to_device(target, device)
+    labels, lr = to_device(labels, device), to_device(lr, device)
     theta = start.detach().requires_grad_(True)
     chunks: list[torch.Tensor] = []
     for _ in range(syn_steps):
         if not chunks:
-            chunks = list(torch.randperm(len(images), generator=gen).split(batch))
+            order = to_device(torch.randperm(len(images), generator=gen), device)
+            chunks = list(order.split(batch))
         idx = chunks.pop()
         xb = images[idx]
         if dsa_strategy:
@@ -348,7 +368,9 @@ def distill_mtt(
     0.5; alpha: SGD lr_lr momentum 0.5, initialised to lr_teacher. With eval_every > 0 the set is
     scored on (val_x, val_y) at iteration 0, every eval_every iterations and at the end
     (`eval_models` fresh models, `eval_epochs` epochs, the learned lr, momentum 0.9, wd 5e-4, DSA)
-    and the best one is returned; bit-identical for the same inputs and seed.
+    and the best one is returned; bit-identical for the same inputs, seed and device. Runs on
+    real_x's device (val_x may stay on the CPU); the loss and lr of each iteration are read back
+    in batches, per iteration only when `progress` is given.
     """
     channels, size = _check_images(real_x, real_y, num_classes, "real images")
     if iterations < 0 or syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1:
@@ -366,12 +388,13 @@ def distill_mtt(
         raise DsimError("eval_every > 0 needs a validation set (val_x, val_y)")
     if eval_every:
         _check_images(val_x, val_y, num_classes, "validation images")
-    net = student_net(model, channels, num_classes, size)
+    device = real_x.device
+    net = student_net(model, channels, num_classes, size, device=device)
     _check_experts(experts, net.num_params, max_start_epoch + expert_epochs)
 
     init_x, labels = init_from_real(real_x, real_y.long(), ipc, derive_seed(seed, -2))
     images = init_x.requires_grad_(True)
-    alpha = torch.tensor(float(lr_teacher), requires_grad=True)
+    alpha = torch.full((), float(lr_teacher), device=device).requires_grad_(True)
     opt_img = torch.optim.SGD([images], lr=lr_img, momentum=0.5)
     opt_lr = torch.optim.SGD([alpha], lr=lr_lr, momentum=0.5)
     gen = torch.Generator().manual_seed(derive_seed(seed, -1))
@@ -387,14 +410,25 @@ def distill_mtt(
     best = MTTResult(images.detach().clone(), labels, float(alpha.detach()), math.nan, 0)
     if eval_every:
         best.best_accuracy = best.initial_accuracy = score()
+    pending: list[tuple[dict, torch.Tensor, torch.Tensor]] = []  # history entries still on device
+
+    def settle() -> None:
+        """Fill the pending entries' loss and lr: one read-back for many iterations."""
+        if pending:
+            losses = torch.stack([loss for _, loss, _ in pending]).tolist()
+            lrs = torch.stack([lr for _, _, lr in pending]).tolist()
+            for (entry, _, _), loss, lr in zip(pending, losses, lrs, strict=True):
+                entry["loss"], entry["lr"] = loss, lr
+            pending.clear()
 
     for it in range(1, iterations + 1):
         k = int(torch.randint(len(experts), (1,), generator=gen))
         t = int(torch.randint(max_start_epoch, (1,), generator=gen))
         expert = experts[k]
         loss = matching_loss(
-            net, images, labels, alpha, expert.epoch(t), expert.epoch(t + expert_epochs),
-            syn_steps=syn_steps, batch_syn=batch_syn, dsa_strategy=dsa_strategy, generator=gen,
+            net, images, labels, alpha, expert.epoch(t, device),
+            expert.epoch(t + expert_epochs, device), syn_steps=syn_steps, batch_syn=batch_syn,
+            dsa_strategy=dsa_strategy, generator=gen,
         )  # fmt: skip
         opt_img.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
@@ -403,10 +437,13 @@ def distill_mtt(
         opt_lr.step()
         with torch.no_grad():
             alpha.clamp_(min=MIN_LR)
-        entry = {"iteration": it, "loss": float(loss.detach()), "lr": float(alpha.detach()),
-                 "expert": k, "start_epoch": t}  # fmt: skip
+        entry = {"iteration": it, "loss": math.nan, "lr": math.nan, "expert": k, "start_epoch": t}
+        pending.append((entry, loss.detach(), alpha.detach().clone()))
         del loss
-        if eval_every and (it % eval_every == 0 or it == iterations):
+        evaluate_now = eval_every and (it % eval_every == 0 or it == iterations)
+        if progress is not None or evaluate_now:
+            settle()  # a device sync: only when someone reads the values now
+        if evaluate_now:
             entry["val_accuracy"] = accuracy = score()
             if accuracy > best.best_accuracy:
                 best.images, best.lr = images.detach().clone(), float(alpha.detach())
@@ -415,6 +452,7 @@ def distill_mtt(
         if progress is not None:
             progress(dict(entry))
 
+    settle()
     if not eval_every:
         best.images, best.lr, best.best_iteration = (
             images.detach().clone(),
