@@ -341,6 +341,18 @@ def test_bad_declarations_fail_when_defined_or_collected(registry_snapshot: None
 
     with pytest.raises(TypeError, match="'dataset': the name is a dataset-level"):
         partition_params()
+    del PARTITIONERS["reserved"]
+
+    class Shadow(Partitioner):
+        name = "shadow"
+        doc = "a parameter named like a method"
+        describe: int = 0
+
+        def _split(self, labels, num_parts, rng):
+            return [np.arange(0)] * num_parts
+
+    with pytest.raises(TypeError, match="'describe': the name shadows Partitioner.describe"):
+        partition_params()
 
 
 _PLUGIN = textwrap.dedent('''

@@ -50,6 +50,9 @@ _META_KEYS = ("gt", "ge", "lt", "le", "multiple_of", "pattern", "min_length", "m
               "description", "examples", "extra_json_schema", "extra")
 
 
+_BASE_ATTRS = frozenset(dir(Partitioner)) | {"name", "doc"}
+
+
 class Param(NamedTuple):
     """One [data] key a partitioner declares; `description` names the partitioners using it."""
 
@@ -109,7 +112,7 @@ def partition_params() -> dict[str, Param]:
     """Every partitioner's parameters: the partitioner keys of the flat [data] table.
 
     Each key maps to its annotation (base type plus `msgspec.Meta` with the bounds and a description
-    prefixed by the partitioners using it, e.g. ``"shard, kshard: shards per node"``), its default
+    prefixed by the partitioners using it, e.g. ``"kshard, shard: shards per node"``), its default
     and that description. TypeError when two partitioners declare one name differently, a name is
     a dataset-level key, or a parameter has no valid default.
     """
@@ -120,6 +123,8 @@ def partition_params() -> dict[str, Param]:
             where = f"partitioner {cls.name!r} parameter {field.name!r}"
             if field.name in RESERVED:
                 raise TypeError(f"{where}: the name is a dataset-level [data] key ({', '.join(sorted(RESERVED))})")
+            if field.name in _BASE_ATTRS:
+                raise TypeError(f"{where}: the name shadows Partitioner.{field.name}")
             if field.default is msgspec.NODEFAULT:
                 raise TypeError(f"{where}: needs a plain default value")
             try:
