@@ -21,8 +21,8 @@ class KShard(Partitioner):
     exactly ``(N // num_parts) // shards * shards`` samples; the rest belongs to no node.
 
     Unlike Flower's shards (`shard`), a slice starts anywhere, so it usually straddles classes:
-    on CIFAR-10 labels with 10 nodes this gives about 3.85 classes per node at 2 shards, where
-    `shard` gives 1.95.
+    on CIFAR-10 labels with 10 nodes, classes per node average 3.77 / 5.70 / 7.62 at 2 / 5 / 10
+    shards (1000 seeds), where `shard` gives 1.95 / 4.20 / 6.67.
     """
 
     name = "kshard"
