@@ -2,10 +2,15 @@
 
     python examples/compare_mtt.py --data-dir ../shared/data [--config examples/mtt-mnist-cpu.toml]
         [--fedavg-config examples/fedavg-mnist-cpu.toml] [--shards 2 5 10] [--ipc 1 10] [--set k=v ...]
+        [--settings paper|config]
 
 For every shard count: `mtt` with mode "base" and mode "distilled" for every IPC, then `fedavg` with
 the FedAvg config's training settings ([fedavg], rounds) on the MTT config's nodes, topology, seed,
-data split and model, so all columns see the same partition and the same network. Bytes per node
+data split and model, so all columns see the same partition and the same network. With `--settings paper` (the default for a CIFAR-10 config) each cell gets
+the MTT hyper-parameters of its setting, as the paper ran them: per IPC the student steps N, expert
+epochs M and latest start epoch T+ of the MTT reference (IPC 1: N=50, T+=2; IPC 10: N=30, T+=20), and
+per shard count the learned-lr step lr_lr the paper states (2 shards 1e-7, 5 and 10 shards 1e-6);
+`--settings config` keeps the config's values in every cell (the CPU-scale default). Bytes per node
 are the mean bytes sent + received per client, from each run's bandwidth.csv. Writes
 OUT/comparison.md and OUT/comparison.json; each run's directory is OUT/<run name>.
 """
@@ -27,6 +32,20 @@ DATA_KEYS = ("dataset", "partition", "shards", "beta", "min_size", "class_floor"
 PAPER = {(2, 1): (16.54, 28.43), (2, 10): (40.06, 44.57), (5, 1): (21.57, 40.95), (5, 10): (45.60, 53.43),
          (10, 1): (31.36, 37.61)}
 PAPER_FEDAVG = {2: 56.62, 5: 66.26, 10: 69.08}
+# Per-setting MTT hyper-parameters (REFERENCE §4 and §9; the paper §IV-A for lr_lr).
+PAPER_PER_IPC = {1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 1000.0},
+                 10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 1000.0}}
+PAPER_LR_LR = {2: 1e-7, 5: 1e-6, 10: 1e-6}
+
+
+def cell_settings(mode: str, shards: int, ipc: int, expert_train_epochs: int) -> list[str]:
+    """--set flags of one (shards, IPC) cell under --settings paper; T+ is capped by the experts' length."""
+    values = dict(PAPER_PER_IPC.get(ipc, {}))
+    if shards in PAPER_LR_LR:
+        values["lr_lr"] = PAPER_LR_LR[shards]
+    if "max_start_epoch" in values:
+        values["max_start_epoch"] = min(values["max_start_epoch"], expert_train_epochs - values["expert_epochs"])
+    return [x for k, v in values.items() for x in ("--set", f"mtt.{k}={v!r}")] if mode == "distilled" else []
 
 
 def launch(dsim: Path, name: str, out: Path, args: list[str]) -> dict:
@@ -62,7 +81,12 @@ def main() -> int:
     parser.add_argument("--shards", type=int, nargs="+", help="shard counts (default: the config's)")
     parser.add_argument("--ipc", type=int, nargs="+", help="images per class (default: the config's)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for the MTT runs")
+    parser.add_argument("--settings", choices=("paper", "config"),
+                        help="per-cell MTT hyper-parameters (default: paper for CIFAR-10 configs, else config)")
     args = parser.parse_args()
+    base_cfg = tomllib.loads(Path(args.config).read_text())
+    settings = args.settings or ("paper" if base_cfg.get("data", {}).get("dataset") == "cifar10" else "config")
+    mtt_cfg = base_cfg.get("mtt", {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dsim = Path(sys.executable).parent / "dsim"
@@ -74,10 +98,15 @@ def main() -> int:
         for ipc in args.ipc or [None]:
             ipc_set = ["--set", f"mtt.ipc={ipc}"] if ipc else []
             tag = f"s{shards or 'cfg'}-ipc{ipc or 'cfg'}"
-            runs = {mode: launch(dsim, f"{mode}-{tag}", out, ["--config", args.config, "--algorithm", "mtt", *common,
-                                                               *mtt_sets, *shard_set, *ipc_set,
-                                                               "--set", f'mtt.mode="{mode}"'])
-                    for mode in ("base", "distilled")}
+            cell_shards = shards or base_cfg.get("data", {}).get("shards", 2)
+            cell_ipc = ipc or mtt_cfg.get("ipc", 1)
+            runs = {}
+            for mode in ("base", "distilled"):
+                per_cell = cell_settings(mode, cell_shards, cell_ipc, mtt_cfg.get("expert_train_epochs", 50)) \
+                    if settings == "paper" else []
+                runs[mode] = launch(dsim, f"{mode}-{tag}", out, ["--config", args.config, "--algorithm", "mtt",
+                                                                 *common, *per_cell, *mtt_sets, *shard_set,
+                                                                 *ipc_set, "--set", f'mtt.mode="{mode}"'])
             rows.append({"tag": tag, **runs})
         cfg = rows[-1]["distilled"]["config"]
         same = [f"{k}={json.dumps(cfg[k])}" for k in ("nodes", "topology", "seed")]

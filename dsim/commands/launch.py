@@ -7,6 +7,7 @@ import sys
 import click
 
 from dsim.config import resolve
+from dsim.data.partitioners import PARTITIONERS, click_options, pop_partition_params
 
 
 @click.command("launch")
@@ -24,16 +25,15 @@ from dsim.config import resolve
 @click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10 or synthetic.")
 @click.option("--data-dir", help="Folder with the dataset files.")
 @click.option("--download", is_flag=True, default=None, help="Fetch missing dataset files (checksummed).")
-@click.option("--partition", help="iid, shard, kshard or dirichlet.")
-@click.option("--shards", type=int, help="Shards per node for --partition shard or kshard.")
-@click.option("--beta", type=float, help="Concentration for --partition dirichlet (smaller = more skewed).")
+@click.option("--partition", type=click.Choice(sorted(PARTITIONERS)), help="How the train set is split.")
+@click_options(defaults=False)
 @click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, start nothing.")
 @click.option("--quiet", is_flag=True, help="No progress line or closing table (failures are still shown).")
 def launch(config_file, sets, hosts, machine_rank, quiet, dry_run, dataset, data_dir, download, partition,
-           shards, beta, **flags) -> None:
+           **flags) -> None:
     """Run node processes on a graph and write the run directory."""
     data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
-            "shards": shards, "beta": beta}
+            **pop_partition_params(flags)}
     cfg = resolve(config_file, {**flags, "data": data}, sets)
     if dry_run:
         from dsim.dryrun import dry_run as show_plan

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from dsim.data import download as dl
+from dsim.data.options import DATASETS
 from dsim.errors import DsimError
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
 
 MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
