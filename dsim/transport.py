@@ -103,6 +103,10 @@ class Mailbox:
                 return
         self._queues[msg.kind].append(msg)
 
+    def waiting(self) -> list[tuple[str, int | None]]:
+        """What the node's pending `recv`s wait for: (kind, source or None for any)."""
+        return [(kind, src) for kind, src, _ in self._waiters]
+
     def take(self, kind: str, src: int | None) -> Message | None:
         queue = self._queues.get(kind)
         if not queue:
@@ -148,11 +152,14 @@ def _expire(fut: asyncio.Future) -> None:
 
 
 class Endpoint:
-    """The sockets of one node. Created unbound; `bind`, then `connect` once peers are known."""
+    """The sockets of one node. Created unbound; `bind`, then `connect` once peers are known.
+
+    Without a ZeroMQ context (`ctx=None`, as dsim.testing makes them) it has no socket at all and every
+    neighbour must be reached in memory."""
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context,
+        ctx: zmq.asyncio.Context | None,
         rank: int,
         neighbours: tuple[int, ...],
         next_hop: dict[int, int],
@@ -170,10 +177,11 @@ class Endpoint:
         self.mailbox = Mailbox()
         self.hello_from: set[int] = set()
         self._hello_event = asyncio.Event()
-        self.router = ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
-        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router = None if ctx is None else ctx.socket(zmq.ROUTER)
+        if self.router is not None:
+            self.router.setsockopt(zmq.LINGER, 0)
+            self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+            self.router.setsockopt(zmq.RCVHWM, 0)
         self.dealers: dict[int, zmq.asyncio.Socket] = {}
         self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
         self._identity = b""
@@ -181,13 +189,16 @@ class Endpoint:
         # Plain (blocking-API) views of the same sockets: the hot path sends and drains without
         # creating a future per message; the asyncio sockets are the fallback when a send would block.
         self._fast: dict[int, zmq.Socket] = {}
-        self._router_fast = zmq.Socket.shadow(self.router.underlying)
+        self._router_fast = None if self.router is None else zmq.Socket.shadow(self.router.underlying)
         self._identity_to_rank: dict[bytes, int] = {}
         self._reader_fd: int | None = None
+        self._open = False  # between connect and close: in-memory deliveries are handled
         self.address = ""
 
     def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
         """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
+        if self.router is None:
+            raise ValueError(f"node {self.rank}: an endpoint without sockets cannot bind")
         try:
             if port_range is None:
                 port = self.router.bind_to_random_port(f"tcp://{host}")
@@ -218,6 +229,8 @@ class Endpoint:
             if n in local:
                 self._local[n] = local[n]
                 continue
+            if self.ctx is None:
+                raise ValueError(f"node {self.rank}: neighbour {n} is not in memory and this endpoint has no sockets")
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self._identity)
             sock.setsockopt(zmq.LINGER, 0)
@@ -228,9 +241,11 @@ class Endpoint:
             fast = zmq.Socket.shadow(sock.underlying)
             fast.copy_threshold = NEVER_COPY_BELOW
             self._fast[n] = fast
-        self._reader_fd = self._router_fast.getsockopt(zmq.FD)
-        self._loop.add_reader(self._reader_fd, self._drain)
-        self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
+        self._open = True
+        if self._router_fast is not None:
+            self._reader_fd = self._router_fast.getsockopt(zmq.FD)
+            self._loop.add_reader(self._reader_fd, self._drain)
+            self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
 
     async def say_hello(self, timeout: float) -> None:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
@@ -284,7 +299,7 @@ class Endpoint:
         self._loop.call_soon(self._handle_local, identity, body)
 
     def _handle_local(self, identity: bytes, body: list) -> None:
-        if self._reader_fd is not None:  # closed endpoints lose what was in flight, as sockets do
+        if self._open:  # closed endpoints lose what was in flight, as sockets do
             self._handle(identity, body)
 
     def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
@@ -337,9 +352,11 @@ class Endpoint:
             self._fast[hop].send_multipart(body, copy=False)
 
     def close(self) -> None:
+        self._open = False
         if self._reader_fd is not None:
             asyncio.get_running_loop().remove_reader(self._reader_fd)
             self._reader_fd = None
         for sock in self.dealers.values():
             sock.close(linger=0)
-        self.router.close(linger=0)
+        if self.router is not None:
+            self.router.close(linger=0)

@@ -21,20 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import networkx as nx
 import zmq
 import zmq.asyncio
 
 from dsim import wire
 from dsim.config import Config
-from dsim.devices import node_devices, on_device, peak_memory_mb
-from dsim.errors import DsimError
-from dsim.node import Node, NodeContext
-from dsim.nodelog import NodeLog, json_safe
-from dsim.options import to_dict
+from dsim.devices import node_devices
+from dsim.hosting import (
+    build_node,
+    describe,
+    load_share,
+    log_start,
+    make_endpoint,
+    open_log,
+    run_node,
+)
+from dsim.node import Node
+from dsim.nodelog import NodeLog
 from dsim.program import Program
-from dsim.routing import next_hops
 from dsim.transport import Endpoint
 
 
@@ -59,14 +64,6 @@ class CoordinatorLost(Exception):
 
 class Stopped(Exception):
     pass
-
-
-def describe(exc: BaseException) -> str:
-    """One line: the exception and where it was raised."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}{where}" if not isinstance(exc, DsimError) else text
 
 
 class Worker:
@@ -151,7 +148,6 @@ class Worker:
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
         ports = cfg.net.port_range
-        max_bytes = int(cfg.net.max_message_mb * (1 << 20))
         data_fp: dict[int, dict[str, str]] = {}
         data: dict[int, Any] = {}
         try:
@@ -161,14 +157,10 @@ class Worker:
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
-                log = self.logs[rank] = NodeLog(spec.run_dir / "nodes" / f"{rank}.jsonl", rank, spec.t0)
-                neighbours = tuple(sorted(spec.graph.neighbors(rank)))
-                ep = Endpoint(self.ctx, rank, neighbours, next_hops(spec.graph, rank), max_bytes,
-                              log.write)
-                self.endpoints[rank] = ep
-                address = ep.bind(spec.host, ports)
-                log.write("start", role=role, pid=os.getpid(), address=address, neighbours=list(neighbours),
-                          device=self.devices[rank])
+                log = self.logs[rank] = open_log(spec.run_dir, rank, spec.t0)
+                ep = self.endpoints[rank] = make_endpoint(self.ctx, cfg, spec.graph, rank, log)
+                ep.bind(spec.host, ports)
+                log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
                     data[rank], data_fp[rank] = self._load_data(rank)
         except Exception as exc:
@@ -197,35 +189,21 @@ class Worker:
                                self.heartbeat, lambda: {**self._counts({}), "t": "hb"})
         self.beats.start()
         for rank in spec.ranks:
-            ctx = NodeContext(rank, self.roles[rank], spec.graph, cfg, self.endpoints[rank], self.logs[rank],
-                              cfg.program_options, spec.run_dir, data.get(rank), self.devices[rank],
-                              len(spec.ranks))
-            node = spec.program.roles[self.roles[rank]](ctx)
+            node = build_node(spec.program, cfg, spec.graph, rank, self.endpoints[rank], self.logs[rank],
+                              spec.run_dir, data.get(rank), self.devices[rank], len(spec.ranks))
             self.tasks.append(loop.create_task(self._run_node(node)))
         await self._control_loop()
 
     def _load_data(self, rank: int) -> tuple[Any, dict[str, str]]:
-        from dsim.data import node_data
-
         spec = self.spec
-        nd = node_data(to_dict(spec.config.data), num_parts=spec.program.num_parts(spec.graph),
-                       part=spec.program.data_part(rank, spec.graph), seed=spec.config.seed)
-        return on_device(nd, self.devices[rank]), {"data": nd.fingerprint, "part": nd.part_fingerprint}
+        return load_share(spec.config, spec.program, spec.graph, rank, self.devices[rank])
 
     async def _run_node(self, node: Node) -> None:
-        log = self.logs[node.rank]
-        try:
-            result = json_safe(await node.run() or {})
-            msgpack.packb(result)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.write("error", reason=describe(exc), traceback=traceback.format_exc())
-            await self._send({"t": "failed", "rank": node.rank, "reason": describe(exc), "phase": "run"})
-            return
-        device = self.devices.get(node.rank, "cpu")
-        log.write("done", result=result, device=device, peak_memory_mb=round(peak_memory_mb(device), 1))
-        await self._send({"t": "done", "rank": node.rank, "result": result})
+        outcome = await run_node(node, self.logs[node.rank], self.devices.get(node.rank, "cpu"))
+        if outcome.failed:
+            await self._send({"t": "failed", "rank": node.rank, "reason": outcome.reason, "phase": "run"})
+        else:
+            await self._send({"t": "done", "rank": node.rank, "result": outcome.result})
 
     async def _control_loop(self) -> None:
         while True:

@@ -1,0 +1,106 @@
+"""Hosting one node: what a worker process and the in-process test harness (dsim.testing) share.
+
+Both build a node the same way (its log, its endpoint, its data share on its device, its NodeContext),
+announce it with the same `start` event, and run it the same way: the result made JSON-safe and checked
+to travel as msgpack, or the exception turned into one line that names where it was raised. Keeping
+this in one place is what lets a harness test say something about a real run.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import networkx as nx
+
+from dsim.devices import on_device, peak_memory_mb
+from dsim.errors import DsimError
+from dsim.node import Node, NodeContext
+from dsim.nodelog import NodeLog, json_safe
+from dsim.options import to_dict
+from dsim.program import Program
+from dsim.routing import next_hops
+from dsim.transport import Endpoint
+
+if TYPE_CHECKING:
+    import zmq.asyncio
+
+    from dsim.config import Config
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the exception and where it was raised (a DsimError's message is already that line)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}{where}" if not isinstance(exc, DsimError) else text
+
+
+def open_log(run_dir: Path, rank: int, t0: float) -> NodeLog:
+    """The node's event log, nodes/<rank>.jsonl in the run directory."""
+    return NodeLog(run_dir / "nodes" / f"{rank}.jsonl", rank, t0)
+
+
+def make_endpoint(ctx: zmq.asyncio.Context | None, cfg: Config, graph: nx.Graph, rank: int,
+                  log: NodeLog) -> Endpoint:
+    """The node's endpoint, unbound and unconnected; `ctx=None` makes one without sockets, whose
+    neighbours must all be reached in memory."""
+    neighbours = tuple(sorted(graph.neighbors(rank)))
+    max_bytes = int(cfg.net.max_message_mb * (1 << 20))
+    return Endpoint(ctx, rank, neighbours, next_hops(graph, rank), max_bytes, log.write)
+
+
+def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:
+    """The `start` event: who the node is, where it listens, who its neighbours are."""
+    log.write("start", role=role, pid=os.getpid(), address=endpoint.address,
+              neighbours=list(endpoint.neighbours), device=device)
+
+
+def load_share(cfg: Config, program: Program, graph: nx.Graph, rank: int,
+               device: str) -> tuple[Any, dict[str, str]]:
+    """The node's data share on its device, and the fingerprints machines compare before a run."""
+    from dsim.data import node_data
+
+    nd = node_data(to_dict(cfg.data), num_parts=program.num_parts(graph), part=program.data_part(rank, graph),
+                   seed=cfg.seed)
+    return on_device(nd, device), {"data": nd.fingerprint, "part": nd.part_fingerprint}
+
+
+def build_node(program: Program, cfg: Config, graph: nx.Graph, rank: int, endpoint: Endpoint, log: NodeLog,
+               run_dir: Path, data: Any, device: str, process_nodes: int) -> Node:
+    """The rank's role as a Node, with its NodeContext (the config and the program's own option table).
+
+    Constructors do no work: the node starts when `run_node` runs it."""
+    ctx = NodeContext(rank, program.role_of(rank, graph), graph, cfg, endpoint, log, cfg.program_options,
+                      run_dir, data, device, process_nodes)
+    return program.roles[ctx.role](ctx)
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """How one node's `run` ended: its JSON-safe result, or the one-line reason it failed."""
+
+    rank: int
+    result: dict[str, Any] | None = None
+    reason: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.reason is not None
+
+
+async def run_node(node: Node, log: NodeLog, device: str) -> NodeOutcome:
+    """Run a node to its end and log how it ended (`done` or `error`); cancellation propagates."""
+    try:
+        result = json_safe(await node.run() or {})
+        msgpack.packb(result)  # what a worker sends the coordinator; a result that cannot travel fails here
+    except Exception as exc:
+        reason = describe(exc)
+        log.write("error", reason=reason, traceback=traceback.format_exc())
+        return NodeOutcome(node.rank, reason=reason)
+    log.write("done", result=result, device=device, peak_memory_mb=round(peak_memory_mb(device), 1))
+    return NodeOutcome(node.rank, result=result)
