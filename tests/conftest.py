@@ -15,10 +15,13 @@ SHARED = REPO.parent / "shared"
 
 
 def dsim_script() -> str:
+    """The installed `dsim` console script. Missing means a broken install: the end-to-end tests fail
+    (a skip would let the CLI path pass green untested)."""
     script = Path(sys.executable).parent / "dsim"
     found = str(script) if script.exists() else shutil.which("dsim")
     if found is None:
-        pytest.skip("the dsim console script is not installed (pip install -e .)")
+        pytest.fail(f"the dsim console script is not installed next to {sys.executable} nor on PATH: "
+                    f"the install is broken (pip install -e .)", pytrace=False)
     return found
 
 
