@@ -6,10 +6,19 @@ Proves that garbage on a node's port is dropped and logged while the node keeps 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 from dsim.node import Node
+from dsim.options import Options
 from dsim.program import Program
+
+
+class ResilientOptions(Options):
+    """How many bad frames node 0 waits to have dropped before the gossip starts."""
+
+    drops: Annotated[int, Meta(ge=0, description="bad frames node 0 must drop first")] = 3
 
 
 class Peer(Node):
@@ -19,7 +28,7 @@ class Peer(Node):
         if self.rank == 0:
             counters = self._ctx.endpoint.counters
             deadline = asyncio.get_running_loop().time() + self.timeout
-            while counters.msgs_dropped < int(self.options["drops"]):
+            while counters.msgs_dropped < self.options.drops:
                 if asyncio.get_running_loop().time() > deadline:
                     raise TimeoutError(f"only {counters.msgs_dropped} frames dropped")
                 await asyncio.sleep(0.02)  # polling a counter the test drives from outside
@@ -30,4 +39,4 @@ class Peer(Node):
         return {"ok": True}
 
 
-PROGRAM = Program(name="resilient", roles={"peer": Peer}, defaults={"drops": 3})
+PROGRAM = Program(name="resilient", roles={"peer": Peer}, options=ResilientOptions)
