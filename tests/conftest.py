@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -32,6 +33,11 @@ def run_dsim(*args: str, timeout: float = 120, cwd: Path | None = None) -> subpr
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
 
 
 def node_events(run_dir: Path, rank: int) -> list[dict]:
