@@ -35,7 +35,6 @@ from dsim.data import download as dl
 from dsim.data.options import DATASETS
 from dsim.errors import DsimError
 
-
 MNIST_FILES = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",

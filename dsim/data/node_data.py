@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
+from dsim.data.options import DataOptions
 from dsim.data.partitioners import Partitioner, label_counts, make_partitioner
+from dsim.data.partitioners.base import RESERVED
 from dsim.errors import DsimError
 
 if TYPE_CHECKING:
@@ -34,15 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["DATASET_DEFAULTS", "NodeData", "data_settings", "label_counts", "node_data",
            "partition_fingerprint", "partition_for"]
 
-DATASET_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
-    "data_dir": "",
-    "download": False,
-    "partition": "iid",
-    "val_fraction": 0.1,
-}
-"""The dataset-level keys of [data] and the values a missing key takes; the partitioner's own
-parameters default to its class's field defaults."""
+DATASET_DEFAULTS: dict[str, Any] = {key: getattr(DataOptions(), key) for key in RESERVED}
+"""The dataset-level keys of [data] and the values a missing key takes (declared in dsim.data.options);
+the partitioner's own parameters default to its class's field defaults."""
 
 
 @dataclass

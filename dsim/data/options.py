@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from dsim.data.partitioners import PARTITIONERS, partition_params
+from dsim.data.partitioners import PARTITIONERS, make_partitioner, partition_params
 from dsim.options import Options
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
@@ -28,9 +28,15 @@ _DATASET_KEYS = [
     ("val_fraction", Annotated[float, Meta(ge=0, lt=1, description="share of each node's part kept for validation")], 0.1),
 ]
 
+def _check_partitioner(self: Options) -> None:
+    """Each partitioner's own cross-key checks (e.g. a finite beta), at config time, without torch."""
+    make_partitioner(self.partition, msgspec.structs.asdict(self))
+
+
 DataOptions: type[Options] = msgspec.defstruct(
     "DataOptions",
     _DATASET_KEYS + [(key, p.annotation, p.default) for key, p in partition_params().items()],
     bases=(Options,), kw_only=True, frozen=True, forbid_unknown_fields=True,
-    namespace={"__doc__": "The dataset every node loads and how it is split between the nodes."},
+    namespace={"__doc__": "The dataset every node loads and how it is split between the nodes.",
+               "__post_init__": _check_partitioner},
 )
