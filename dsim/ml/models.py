@@ -231,10 +231,3 @@ def embedding_dim(spec: ModelSpec, image_size: int) -> int:
     cfg = model_config(spec)
     _, side = _plan(image_size, cfg.depth, cfg.pool)
     return cfg.width * side * side
-
-
-def spec_from_options(opts: Mapping[str, Any]) -> ModelSpec:
-    """The model of a program's options table: `model` (a preset) with `width` overriding its channels
-    when positive, so CPU-scale configs can shrink the network without new presets."""
-    width = int(opts.get("width", 0))
-    return {"name": opts["model"], "width": width} if width > 0 else str(opts["model"])
