@@ -13,11 +13,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from dsim import wire
 from dsim.config import fingerprint_view
 from dsim.console import Console
-from dsim.coordinator import Outcome
+from dsim.control import Accept, End, Lost, Machine, ProcExit, Refuse, decode, encode
 from dsim.plan import LocalProc
+from dsim.supervision import Outcome
+from dsim.wire import WireError
 
 
 async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: str,
@@ -32,8 +33,7 @@ async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: st
     outcome = Outcome()
     reported: set[str] = set()
     try:
-        await sock.send(wire.pack_control({"t": "machine", "machine": machine,
-                                           "config": fingerprint_view(cfg), "graph": graph_hash}))
+        await sock.send(encode(Machine(machine=machine, config=fingerprint_view(cfg), graph=graph_hash)))
         deadline = time.monotonic() + net.start_timeout
         last_heard, accepted = time.monotonic(), False
         while True:
@@ -41,30 +41,33 @@ async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: st
                 code = p.process.exitcode
                 if code not in (None, 0) and p.name not in reported:
                     reported.add(p.name)
-                    await sock.send(wire.pack_control({"t": "proc_exit", "machine": machine, "ranks": p.ranks,
-                                                       "pid": p.process.pid, "code": code}))
+                    await sock.send(encode(ProcExit(machine=machine, name=p.name, ranks=p.ranks, pid=p.process.pid,
+                                                    code=code)))
             now = time.monotonic()
             if not accepted and now > deadline:
                 return _failed(outcome, f"the coordinator at {control} did not answer in "
                                         f"{net.start_timeout:g} s", "failed")
             if accepted and now - last_heard > silent_limit:
-                return _failed(outcome, f"lost contact with the coordinator at {control}", "failed")
+                reason = f"lost contact with the coordinator at {control}"
+                await sock.send(encode(Lost(machine=machine, reason=reason)))  # it may still hear us
+                return _failed(outcome, reason, "failed")
             try:
-                msg = wire.unpack_control(await asyncio.wait_for(sock.recv(), heartbeat))
-            except (TimeoutError, wire.WireError):
+                msg = decode(await asyncio.wait_for(sock.recv(), heartbeat))
+            except (TimeoutError, WireError):
                 continue
             last_heard = time.monotonic()
-            if msg["t"] == "refuse":
-                return _failed(outcome, msg.get("reason", "refused by the coordinator"), "refused")
-            if msg["t"] == "accept":
-                accepted = True
-                console.say(f"dsim: machine {machine} accepted by the coordinator (run {msg.get('run')})")
-            elif msg["t"] == "end":
-                summary = msg.get("summary", {})
-                outcome.status = summary.get("status", "failed")
-                outcome.failures = summary.get("failures", [])
-                outcome.warnings = summary.get("warnings", [])
-                return outcome, summary
+            match msg:
+                case Refuse():
+                    return _failed(outcome, msg.reason, "refused")
+                case Accept():
+                    accepted = True
+                    console.say(f"dsim: machine {machine} accepted by the coordinator (run {msg.run})")
+                case End():
+                    summary = msg.summary
+                    outcome.status = summary.get("status", "failed")
+                    outcome.failures = summary.get("failures", [])
+                    outcome.warnings = summary.get("warnings", [])
+                    return outcome, summary
     finally:
         sock.close(linger=1000)
         ctx.term()

@@ -189,17 +189,3 @@ def frames_size(frames: list) -> int:
     """Bytes on the wire for a message, as counted by both ends."""
     return sum(len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames)
 
-
-def pack_control(obj: dict) -> bytes:
-    """Control-plane messages (launcher, coordinator, workers) are plain msgpack maps."""
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack_control(data: bytes | memoryview) -> dict:
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:
-        raise WireError("undecodable control message") from None
-    if not isinstance(obj, dict) or "t" not in obj:
-        raise WireError("not a control message")
-    return obj

@@ -9,6 +9,7 @@ Every wait is bounded; if the coordinator goes silent the worker stops on its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import resource
@@ -19,13 +20,13 @@ import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import networkx as nx
 import zmq
 import zmq.asyncio
 
-from dsim import wire
+from dsim import control
 from dsim.config import Config
 from dsim.devices import node_devices
 from dsim.hosting import (
@@ -41,6 +42,9 @@ from dsim.node import Node
 from dsim.nodelog import NodeLog
 from dsim.program import Program
 from dsim.transport import Endpoint
+from dsim.wire import WireError
+
+M = TypeVar("M", bound=control.Message)
 
 
 @dataclass
@@ -89,9 +93,9 @@ class Worker:
         self.ctl.setsockopt(zmq.LINGER, 2000)
         self.ctl.connect(self.spec.control)
         try:
-            await self._serve()
-            return 0
-        except Stopped:
+            with contextlib.suppress(Stopped):  # told to stop before the run started
+                await self._serve()
+            await self._report_final()
             return 0
         except CoordinatorLost as exc:
             print(f"dsim worker {self.spec.name}: {exc}; stopping", file=sys.stderr)
@@ -99,7 +103,8 @@ class Worker:
         except Exception as exc:  # a runtime bug: tell the coordinator who failed and why, then exit
             reason = f"worker {self.spec.name} crashed: {describe(exc)}"
             print(f"dsim: {reason}\n{traceback.format_exc()}", file=sys.stderr)
-            await self._send({"t": "failed", "rank": self.spec.ranks[0], "reason": reason, "phase": "runtime"})
+            await self._send(control.Failed(name=self.spec.name, rank=self.spec.ranks[0], reason=reason,
+                                            phase="runtime"))
             return 4
         finally:
             if self.beats is not None:
@@ -113,37 +118,36 @@ class Worker:
             self.ctl.close(linger=1000)
             self.ctx.term()
 
-    async def _send(self, msg: dict[str, Any]) -> None:
-        await self.ctl.send(wire.pack_control(msg))
+    async def _send(self, msg: control.Message) -> None:
+        await self.ctl.send(control.encode(msg))
 
-    async def _expect(self, kind: str, timeout: float) -> dict[str, Any]:
-        """Wait for one control message of a kind; 'tick' keeps us alive, 'stop' ends the worker."""
+    async def _expect(self, kind: type[M], timeout: float) -> M:
+        """Wait for one control message of a type, answering queries; any message keeps us alive, 'stop'
+        ends the worker, and frames that are not control messages are ignored."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        missing = f"no '{control.kind(kind)}' from the coordinator in {timeout:g} s"
         while True:
             left = min(deadline - loop.time(), self.heartbeat_timeout)
             if left <= 0:
-                raise CoordinatorLost(f"no '{kind}' from the coordinator in {timeout:g} s")
+                raise CoordinatorLost(missing)
             try:
-                msg = wire.unpack_control(await asyncio.wait_for(self.ctl.recv(), left))
+                msg = control.decode(await asyncio.wait_for(self.ctl.recv(), left))
             except TimeoutError:
-                if loop.time() >= deadline:
-                    raise CoordinatorLost(f"no '{kind}' from the coordinator in {timeout:g} s") from None
-                raise CoordinatorLost("the coordinator went silent") from None
-            if msg["t"] == kind:
+                raise CoordinatorLost(missing if loop.time() >= deadline else "the coordinator went silent") from None
+            except WireError:
+                continue
+            if isinstance(msg, kind):
                 return msg
-            if msg["t"] == "stop":
+            if isinstance(msg, control.Stop):
                 raise Stopped()
-            if msg["t"] == "query":
-                await self._send(self._counts(msg))
+            if isinstance(msg, control.Query):
+                await self._send(control.Counts(name=self.spec.name, wave=msg.wave, **self._totals()))
 
-    def _counts(self, query: dict[str, Any]) -> dict[str, Any]:
+    def _totals(self) -> dict[str, int]:
+        """Frame totals over this worker's nodes, as counts and heartbeats carry them."""
         totals = [ep.counters.total for ep in self.endpoints.values()]
-        return {
-            "t": "counts", "name": self.spec.name, "wave": query.get("wave", 0),
-            "bytes_sent": sum(t.bytes_sent for t in totals), "bytes_recv": sum(t.bytes_recv for t in totals),
-            "msgs_sent": sum(t.msgs_sent for t in totals), "msgs_recv": sum(t.msgs_recv for t in totals),
-        }
+        return {k: sum(getattr(t, k) for t in totals) for k in control.TRAFFIC_FIELDS}
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
@@ -165,28 +169,27 @@ class Worker:
                     data[rank], data_fp[rank] = self._load_data(rank)
         except Exception as exc:
             failed = next((r for r in spec.ranks if r not in data and spec.program.uses_data), spec.ranks[0])
-            await self._send({"t": "failed", "rank": failed, "reason": describe(exc), "phase": "setup"})
-            await self._expect("stop", self.start_timeout)
+            await self._send(control.Failed(name=spec.name, rank=failed, reason=describe(exc), phase="setup"))
+            await self._expect(control.Stop, self.start_timeout)
             return
-        await self._send({
-            "t": "register", "name": spec.name, "pid": os.getpid(), "ranks": spec.ranks,
-            "endpoints": {r: ep.address for r, ep in self.endpoints.items()}, "data": data_fp,
-        })
-        peers = await self._expect("peers", self.start_timeout)
-        addresses = {int(r): a for r, a in peers["endpoints"].items()}
+        await self._send(control.Register(name=spec.name, pid=os.getpid(), ranks=spec.ranks,
+                                          endpoints={r: ep.address for r, ep in self.endpoints.items()},
+                                          data=data_fp))
+        peers = await self._expect(control.Peers, self.start_timeout)
         for ep in self.endpoints.values():
-            ep.connect(peers["run"], addresses, self.endpoints)
+            ep.connect(peers.run, peers.endpoints, self.endpoints)
         try:
             await asyncio.gather(*(ep.say_hello(self.start_timeout) for ep in self.endpoints.values()))
         except Exception as exc:
-            await self._send({"t": "failed", "rank": spec.ranks[0], "reason": describe(exc), "phase": "connect"})
-            await self._expect("stop", self.start_timeout)
+            await self._send(control.Failed(name=spec.name, rank=spec.ranks[0], reason=describe(exc),
+                                            phase="connect"))
+            await self._expect(control.Stop, self.start_timeout)
             return
-        await self._send({"t": "ready", "name": spec.name})
-        await self._expect("start", self.start_timeout)
+        await self._send(control.Ready(name=spec.name))
+        await self._expect(control.Start, self.start_timeout)
         loop = asyncio.get_running_loop()
         self.beats = Heartbeat(zmq.Context.shadow(self.ctx.underlying), spec.control, spec.name,
-                               self.heartbeat, lambda: {**self._counts({}), "t": "hb"})
+                               self.heartbeat, lambda: control.Heartbeat(name=spec.name, **self._totals()))
         self.beats.start()
         for rank in spec.ranks:
             node = build_node(spec.program, cfg, spec.graph, rank, self.endpoints[rank], self.logs[rank],
@@ -201,16 +204,17 @@ class Worker:
     async def _run_node(self, node: Node) -> None:
         outcome = await run_node(node, self.logs[node.rank], self.devices.get(node.rank, "cpu"))
         if outcome.failed:
-            await self._send({"t": "failed", "rank": node.rank, "reason": outcome.reason, "phase": "run"})
+            await self._send(control.Failed(name=self.spec.name, rank=node.rank, reason=outcome.reason, phase="run"))
         else:
-            await self._send({"t": "done", "rank": node.rank, "result": outcome.result})
+            await self._send(control.Done(name=self.spec.name, rank=node.rank, result=outcome.result))
 
     async def _control_loop(self) -> None:
-        while True:
-            try:
-                await self._expect("__never__", float("inf"))
-            except Stopped:
-                break
+        """Answer queries until told to stop."""
+        await self._expect(control.Stop, float("inf"))
+
+    async def _report_final(self) -> None:
+        """The last message of every clean exit: each node's traffic. The coordinator counts on it: a
+        worker that exited with code 0 has sent it."""
         for task in self.tasks:
             task.cancel()
         nodes = {}
@@ -218,27 +222,27 @@ class Worker:
             stats = ep.counters.as_dict()
             self.logs[rank].write("traffic", **stats)
             nodes[rank] = {"role": self.roles[rank], "host": self.spec.host, **stats}
-        await self._send({"t": "final", "name": self.spec.name, "nodes": nodes})
+        await self._send(control.Final(name=self.spec.name, nodes=nodes))
 
 
 class Heartbeat(threading.Thread):
     """Beats from its own thread and socket: a node whose computation holds the GIL or the event loop
     for a while is slow, not dead, and must not be reported as silent. A dead process stops beating."""
 
-    def __init__(self, ctx: zmq.Context, control: str, name: str, interval: float,
-                 message: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, name: str, interval: float,
+                 message: Callable[[], control.Heartbeat]) -> None:
         super().__init__(name=f"dsim-heartbeat-{name}", daemon=True)
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, f"{name}/hb".encode())
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(control)
+        self.sock.connect(address)
         self.interval, self.message = interval, message
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
-                self.sock.send(wire.pack_control(self.message()), flags=zmq.NOBLOCK)
+                self.sock.send(control.encode(self.message()), flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the coordinator is gone or slow: its own timeouts decide
         self.sock.close(linger=0)
