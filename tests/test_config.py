@@ -136,23 +136,3 @@ def test_next_hops_follow_shortest_paths() -> None:
 def test_format_ranks() -> None:
     assert format_ranks([3]) == "node 3"
     assert format_ranks([5, 3, 4, 9]) == "nodes 3-5, 9"
-
-
-def test_coordinator_refuses_nodes_whose_data_fingerprints_differ() -> None:
-    from dsim.console import Console
-    from dsim.coordinator import Abort, Coordinator
-    from dsim.plan import WorkerPlan
-
-    cfg = config.resolve(None, {"algorithm": "gossip"}, [])
-    plans = [WorkerPlan("w0.0", 0, [0, 1]), WorkerPlan("w1.0", 1, [2])]
-    coord = Coordinator(cfg, "g", "run", [], plans, 2, [], Console(quiet=True))
-    coord.registered = {
-        "w0.0": {"data": {0: {"data": "aaaa", "part": "p0"}, 1: {"data": "aaaa", "part": "p1"}}},
-        "w1.0": {"data": {2: {"data": "bbbb", "part": "p2"}}},
-    }
-    with pytest.raises(Abort, match="node 2 computed data fingerprint bbbb but nodes 0-1 computed aaaa") as info:
-        coord._check_data()
-    assert info.value.status == "refused" and info.value.ranks == [2]
-    coord.registered["w1.0"]["data"][2]["data"] = "aaaa"
-    coord._check_data()
-    assert coord.outcome.data_fingerprint == "aaaa"
