@@ -6,4 +6,6 @@
 - dm: distribution matching (LocalDM) and the CollabDM client means / server refinement.
 - mtt: matching training trajectories (expert buffers, unrolled student, learned lr).
 - train, evaluate: SGD/Adam training on tensors; scoring a synthetic set with fresh ConvNets.
+- device: per-device defaults (chunk sizes), host-to-device copies without a sync, reproducible
+  kernels. Every function runs on the device of its tensor inputs (see device's docstring).
 """
