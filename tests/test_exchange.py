@@ -1,4 +1,5 @@
-"""The exchange benchmark program, run for real: 4 worker processes on a ring, a few lock-step rounds."""
+"""The exchange benchmark program: 4 worker processes on a ring for real, a few lock-step rounds; its
+option checks and summary without processes."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
+import pytest
 
 from dsim import wire
 from dsim.config import resolve
+from dsim.errors import DsimError
 from dsim.launch import launch
 from dsim.nodes.exchange import KIND, summarize
+from dsim.testing import run_program
 
 NODES, ROUNDS, BYTES = 4, 5, 256
 
@@ -54,11 +58,10 @@ def test_exchange_counts_every_byte_and_reports_throughput(tmp_path: Path) -> No
     assert results["seconds"] == max(n["seconds"] for n in results["per_node"].values())
 
 
-def test_exchange_refuses_a_size_that_is_not_whole_floats(tmp_path: Path) -> None:
-    code, run_dir = _launch(tmp_path / "run", "exchange.bytes=1022")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert code != 0
-    assert any("multiple of 4" in f["reason"] for f in summary["failures"])
+def test_exchange_refuses_a_size_that_is_not_whole_floats_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(DsimError, match=r"config key 'exchange.bytes' expects int that's a multiple of 4, got 1022"):
+        run_program("exchange", sets=["exchange.bytes=1022"], run_dir=tmp_path)
+    assert not (tmp_path / "nodes").exists()  # refused while resolving: no node was built
 
 
 def test_summarize_divides_all_messages_by_the_slowest_node() -> None:
