@@ -116,6 +116,8 @@ class Done(_Message, tag="done"):
     name: str
     rank: int
     result: Any  # what run() returned, made JSON-safe (a dict by contract; anything else still arrives)
+    device: str = "cpu"  # the torch device the node ran on
+    peak_memory_mb: float = 0.0  # its process's peak memory on that device (CUDA allocator or CPU RSS)
 
 
 class Failed(_Message, tag="failed"):

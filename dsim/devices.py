@@ -49,20 +49,22 @@ def check_device(device: str, gpus: str) -> None:
 
 
 def node_devices(device: str, gpus: str, local_ranks: Sequence[int], uses_torch: bool) -> list[str]:
-    """The device of each node, by its rank's position on this machine: GPUs are dealt round-robin.
-
-    Called in the worker after the fork. Programs without torch always run on "cpu".
-    """
+    """The device of each node of this worker; called after the fork. Programs without torch use "cpu"."""
     if device == "cpu" or not uses_torch:
         return ["cpu"] * len(local_ranks)
-    count = _cuda_count()
-    if count == 0:
-        if device != "auto":
-            raise DsimError(f"device '{device}' was asked for, but no CUDA device is visible")
+    return assign_devices(device, gpus, local_ranks, _cuda_count())
+
+
+def assign_devices(device: str, gpus: str, local_ranks: Sequence[int], cuda_count: int) -> list[str]:
+    """Per node, by its rank's position on this machine: the GPUs of `gpus` (default: all) dealt
+    round-robin, one fixed `cuda:N`, or the CPU where `auto` finds no GPU."""
+    if device == "cpu" or (device == "auto" and cuda_count == 0):
         return ["cpu"] * len(local_ranks)
+    if cuda_count == 0:
+        raise DsimError(f"device '{device}' was asked for, but no CUDA device is visible")
     if device.startswith("cuda:"):
         return [device] * len(local_ranks)
-    pool = _pool(gpus, count)
+    pool = _pool(gpus, cuda_count)
     return [f"cuda:{pool[i % len(pool)]}" for i in local_ranks]
 
 

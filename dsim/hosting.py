@@ -87,6 +87,8 @@ class NodeOutcome:
     rank: int
     result: dict[str, Any] | None = None
     reason: str | None = None
+    device: str = "cpu"
+    peak_memory_mb: float = 0.0
 
     @property
     def failed(self) -> bool:
@@ -102,5 +104,6 @@ async def run_node(node: Node, log: NodeLog, device: str) -> NodeOutcome:
         reason = describe(exc)
         log.write("error", reason=reason, traceback=traceback.format_exc())
         return NodeOutcome(node.rank, reason=reason)
-    log.write("done", result=result, device=device, peak_memory_mb=round(peak_memory_mb(device), 1))
-    return NodeOutcome(node.rank, result=result)
+    peak = round(peak_memory_mb(device), 1)
+    log.write("done", result=result, device=device, peak_memory_mb=peak)
+    return NodeOutcome(node.rank, result=result, device=device, peak_memory_mb=peak)

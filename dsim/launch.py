@@ -227,6 +227,7 @@ async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, g
         "wall_time_s": round(outcome.timings.get("wall_s", 0.0), 3),
         "timings": {k: round(v, 3) for k, v in outcome.timings.items()},
         "results": results,
+        "devices": {str(r): outcome.devices[r] for r in sorted(outcome.devices)},
         "bandwidth": rows,
     }
     await coordinator.close(summary)

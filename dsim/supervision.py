@@ -42,6 +42,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     data_fingerprint: str = ""
+    devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> device, peak_memory_mb
 
 
 class Phase(enum.IntEnum):
@@ -125,6 +126,7 @@ class CoordinatorState:
             case control.Done() if known and msg.rank in self.plans[name].ranks:
                 self.done.add(msg.rank)
                 self.outcome.results[msg.rank] = msg.result
+                self.outcome.devices[msg.rank] = {"device": msg.device, "peak_memory_mb": msg.peak_memory_mb}
             case control.Failed():
                 self._abort(Abort(f"node {msg.rank} failed: {msg.reason}", [msg.rank]))
             case control.Counts() if known and self.phase is Phase.DRAINING and msg.wave == self.wave:

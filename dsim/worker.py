@@ -206,7 +206,8 @@ class Worker:
         if outcome.failed:
             await self._send(control.Failed(name=self.spec.name, rank=node.rank, reason=outcome.reason, phase="run"))
         else:
-            await self._send(control.Done(name=self.spec.name, rank=node.rank, result=outcome.result))
+            await self._send(control.Done(name=self.spec.name, rank=node.rank, result=outcome.result,
+                                          device=outcome.device, peak_memory_mb=outcome.peak_memory_mb))
 
     async def _control_loop(self) -> None:
         """Answer queries until told to stop."""
