@@ -1,8 +1,11 @@
-"""`dsim launch` end to end with real processes and sockets on this machine."""
+"""`dsim launch` end to end with real processes and sockets on this machine.
+
+What a program computes is tested in one process with dsim.testing (the gossip and in-memory snapshot
+cases here); the rest needs real processes: sockets, relays over TCP, failures, signals, machines.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import socket
@@ -15,45 +18,53 @@ import psutil
 import pytest
 import zmq
 
-from conftest import REPO, dsim_script, node_events, run_dsim, summary
+from conftest import REPO, dsim_script, node_events, read_csv, run_dsim, summary
+from dsim.testing import run_program
+
+GOSSIP = ["rounds=80", "gossip.dim=64"]
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as fh:
-        return list(csv.DictReader(fh))
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    """Poll a condition on files written by a running launch (not a fixed sleep)."""
+def wait_for(condition, timeout: float = 60.0, what: str = "condition", proc: subprocess.Popen | None = None):
+    """Poll a condition on files written by a running launch (not a fixed sleep); a launch that has
+    already exited fails at once, with its stderr, instead of after the whole timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the launch exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("topology, extra", [
-    ("ring", []),
-    ("regular", ["--set", "graph.degree=4"]),
-    ("ring", ["--set", "net.event_loop=asyncio", "--nodes-per-process", "3"]),  # asyncio's own loop, packed
-])
-def test_gossip_reaches_consensus(tmp_path, topology, extra) -> None:
+def assert_consensus(results: dict, sent: list[int], received: list[int], errors: list[float]) -> None:
+    assert results["mean_start_error"] > 1.0
+    assert results["max_error"] < 1e-4 * results["mean_start_error"]
+    assert len(sent) == 8 and sum(sent) == sum(received)
+    assert len(errors) == 80 and errors[-1] < errors[0]
+
+
+@pytest.mark.parametrize("topology, sets", [("ring", []), ("regular", ["graph.degree=4"])])
+def test_gossip_reaches_consensus(topology, sets) -> None:
+    run = run_program("gossip", nodes=8, topology=topology, sets=[*GOSSIP, *sets])
+    traffic = run.traffic.values()
+    assert_consensus(run.summary, [t["bytes_sent"] for t in traffic], [t["bytes_recv"] for t in traffic],
+                     [e["error"] for e in run.events(3)])
+
+
+def test_gossip_end_to_end_packed_on_asyncio_s_own_loop(tmp_path) -> None:
     out = tmp_path / "run"
-    res = run_dsim("launch", "--nodes", "8", "--topology", topology, "--algorithm", "gossip", "--out", str(out),
-                   "--set", "rounds=80", "--set", "gossip.dim=64", *extra)
+    res = run_dsim("launch", "--nodes", "8", "--topology", "ring", "--algorithm", "gossip", "--out", str(out),
+                   "--set", "net.event_loop=asyncio", "--nodes-per-process", "3",
+                   *[a for s in GOSSIP for a in ("--set", s)])
     assert res.returncode == 0, res.stderr
     s = summary(out)
     assert s["status"] == "ok"
-    assert s["results"]["mean_start_error"] > 1.0
-    assert s["results"]["max_error"] < 1e-4 * s["results"]["mean_start_error"]
     rows = read_csv(out / "bandwidth.csv")
-    assert len(rows) == 8
-    assert sum(int(r["bytes_sent"]) for r in rows) == sum(int(r["bytes_recv"]) for r in rows)
+    assert_consensus(s["results"], [int(r["bytes_sent"]) for r in rows], [int(r["bytes_recv"]) for r in rows],
+                     [e["error"] for e in node_events(out, 3) if e["event"] == "metric"])
     assert (out / "config.toml").exists() and all((out / "nodes" / f"{r}.jsonl").exists() for r in range(8))
-    metrics = [e for e in node_events(out, 3) if e["event"] == "metric"]
-    assert len(metrics) == 80 and metrics[-1]["error"] < metrics[0]["error"]
 
 
 def test_relays_count_the_bytes_they_forward(tmp_path) -> None:
@@ -90,15 +101,18 @@ def test_in_memory_delivery_counts_exactly_what_sockets_count(tmp_path) -> None:
     assert tables[6] == tables[1]
 
 
-@pytest.mark.parametrize("per_process", [1, 2])
-def test_a_message_holds_its_arrays_as_they_were_at_send(tmp_path, per_process) -> None:
+def test_a_message_holds_its_arrays_as_they_were_at_send_over_sockets(tmp_path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     res = subprocess.run([dsim_script(), "launch", "--nodes", "2", "--topology", "full", "--algorithm",
-                          "testprogs.snapshot", "--nodes-per-process", str(per_process), "--out", str(out)],
+                          "testprogs.snapshot", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert summary(out)["results"]["per_node"]["1"]["minimums"] == [7.0, 7.0, 7.0]
+
+
+def test_a_message_holds_its_arrays_as_they_were_at_send_in_memory() -> None:
+    assert run_program("testprogs.snapshot", nodes=2, topology="full").results[1]["minimums"] == [7.0, 7.0, 7.0]
 
 
 def launch_background(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
@@ -114,7 +128,8 @@ def test_garbage_on_a_node_port_is_dropped_and_logged(tmp_path) -> None:
                                   "testprogs.resilient", "--set", "resilient.drops=3",
                                   "--set", "net.max_message_mb=0.01", env=env)
     try:
-        start = wait_for(lambda: [e for e in node_events(out, 0) if e["event"] == "start"], what="node 0 start")
+        start = wait_for(lambda: [e for e in node_events(out, 0) if e["event"] == "start"], what="node 0 start",
+                         proc=proc)
         address = start[0]["address"]
         host, port = address.removeprefix("tcp://").rsplit(":", 1)
         with socket.create_connection((host, int(port))) as raw:  # not even ZeroMQ: the handshake fails
@@ -144,7 +159,8 @@ def endless_gossip(tmp_path: Path, nodes: int, watch: int, *extra: str) -> tuple
     """Start a gossip run that only ends when stopped; return once `watch` has done 5 rounds."""
     proc, out = launch_background(tmp_path, "--nodes", str(nodes), "--topology", "ring", "--algorithm", "gossip",
                                   "--set", "rounds=1000000", "--set", "gossip.dim=8", *extra)
-    wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, watch)) >= 5, what=f"node {watch}")
+    wait_for(lambda: sum(e["event"] == "metric" for e in node_events(out, watch)) >= 5, what=f"node {watch}",
+             proc=proc)
     pids = {r: next(e["pid"] for e in node_events(out, r) if e["event"] == "start") for r in range(nodes)}
     return proc, out, pids
 
@@ -239,7 +255,7 @@ def test_port_range_in_use_is_refused(tmp_path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--topology", "nope"], "unknown topology"),
-    (["--nodes", "0"], "at least 1"),
+    (["--nodes", "0"], "expects int >= 1"),
     (["--algorithm", "nope"], "unknown algorithm"),
     (["--hosts", "BADHOSTS"], "expected 'HOST slots=N'"),
     (["--topology", "DISCONNECTED"], "disconnected"),
