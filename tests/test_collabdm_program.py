@@ -50,10 +50,6 @@ def test_base_sends_real_images_and_no_means() -> None:
     assert all(per_client_images < v < per_client_images + 400 for v in res["bytes_per_client"].values())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "dsim.ml.models.build_model seeds torch's global RNG (fork_rng + manual_seed): nodes that build models "
-    "in threads of one process (--nodes-per-process > 1, and this harness) race, so a seed no longer means "
-    "one network; strict: passes, hence fails, once build_model is thread-safe"))
 def test_fixed_seed_gives_the_same_synthetic_set_and_accuracies(tmp_path) -> None:
     runs = {name: harness("localdm", f"seed={seed}", run_dir=tmp_path / name)
             for name, seed in (("a", 5), ("b", 5), ("other", 6))}

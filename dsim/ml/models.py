@@ -8,6 +8,7 @@ caller's global torch RNG untouched.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -169,6 +170,11 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
+_GLOBAL_RNG = threading.Lock()
+"""Held while torch's global RNG is seeded and drawn from (every other draw in dsim.ml takes an
+explicit generator)."""
+
+
 def build_model(
     spec: ModelSpec,
     channels: int,
@@ -185,7 +191,10 @@ def build_model(
     network on a CPU and on a GPU, which CollabDM's seeds-only protocol relies on.
     """
     cfg = model_config(spec)
-    with torch.random.fork_rng(devices=[]):
+    # The layers draw their initial weights from torch's global RNG; nodes that share a process build
+    # models from threads at the same time, so seeding and drawing happen under one lock: otherwise
+    # two builds interleave on the one global stream and a seed no longer means one network.
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ConvNet(
             channels, num_classes, image_size, cfg.width, cfg.depth, cfg.norm, cfg.act, cfg.pool
