@@ -78,7 +78,8 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
     torch.use_deterministic_algorithms is on; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before CUDA
     starts as well. warn_only: an op without a deterministic kernel warns instead of failing.
     dsim.ml avoids those on accelerators (DSA warps and pae expansion use gathers and matmuls there,
-    not grid_sample / interpolate, whose CUDA backward passes use atomics).
+    not grid_sample / interpolate, whose CUDA backward passes use atomics). The flags are
+    process-global: wrap a whole run (all node threads of a process), not one node's work.
     """
     saved = (
         torch.are_deterministic_algorithms_enabled(),
