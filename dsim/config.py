@@ -76,6 +76,7 @@ class Config(Options):
     timeout: Annotated[float, Meta(gt=0, description="seconds a node waits for a message before failing")] = 120.0
     device: Annotated[str, Meta(pattern=_DEVICE, description="where models and data live: auto (CUDA when present), cpu, cuda or cuda:N")] = "auto"
     gpus: Annotated[str, Meta(pattern=_GPUS, description="GPU indices the nodes are spread over, e.g. '0,2'; '' = every visible GPU")] = ""
+    deterministic: Annotated[bool, Meta(description="bit-reproducible CUDA kernels (same seed and device, same result); false lets cuDNN pick faster ones")] = True
     graph: GraphOptions = msgspec.field(default_factory=GraphOptions)
     net: NetOptions = msgspec.field(default_factory=NetOptions)
     data: DataOptions = msgspec.field(default_factory=DataOptions)

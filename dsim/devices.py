@@ -68,6 +68,19 @@ def assign_devices(device: str, gpus: str, local_ranks: Sequence[int], cuda_coun
     return [f"cuda:{pool[i % len(pool)]}" for i in local_ranks]
 
 
+def prepare_process(devices: Sequence[str], deterministic: bool) -> None:
+    """Before a worker first touches CUDA: bit-reproducible kernels when asked (the flags are
+    process-wide, so they are set once for all the process's nodes; cuBLAS needs its workspace
+    setting before CUDA starts)."""
+    if not deterministic or not any(d.startswith("cuda") for d in devices):
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch = sys.modules.get("torch") or __import__("torch")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def peak_memory_mb(device: str) -> float:
     """Peak memory of this process on `device` so far: CUDA's allocator peak, or the CPU's peak RSS."""
     if device.startswith("cuda"):

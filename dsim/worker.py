@@ -28,7 +28,7 @@ import zmq.asyncio
 
 from dsim import control
 from dsim.config import Config
-from dsim.devices import node_devices
+from dsim.devices import node_devices, prepare_process
 from dsim.hosting import (
     build_node,
     describe,
@@ -158,6 +158,7 @@ class Worker:
             devices = node_devices(cfg.device, cfg.gpus, [r - spec.first_rank for r in spec.ranks],
                                    uses_torch=spec.program.uses_data)
             self.devices = dict(zip(spec.ranks, devices, strict=True))
+            prepare_process(devices, cfg.deterministic)
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role

@@ -36,7 +36,7 @@ class Peer(Node):
         opts, data = self.options, self.data
         seed, rounds = self.config.seed, self.config.rounds
         weights = metropolis_hastings_weights(self.graph)[self.rank]
-        model = build_shared_model(opts, data, seed)
+        model = build_shared_model(opts, data, seed, self.device)
         params = models.flat_params(model)
         eval_every, subset = opts.eval_every, opts.test_subset
         accuracy, history = float("nan"), []
@@ -51,7 +51,7 @@ class Peer(Node):
                 msg = await self.recv("dpsgd", src=nbr)
                 if msg.payload["round"] != rnd:
                     raise RuntimeError(f"node {self.rank} got round {msg.payload['round']} from {nbr} in round {rnd}")
-                mixed += msg.payload["params"].to(torch.float64) * weights[nbr]
+                mixed += msg.payload["params"].to(self.device, torch.float64) * weights[nbr]
             params = mixed.float()
             entry: dict[str, Any] = {"round": rnd, "loss": loss}
             if (rnd + 1) % eval_every == 0 or rnd == rounds - 1:

@@ -59,11 +59,11 @@ class FedAvgOptions(LocalTrainingOptions):
     round_timeout: Annotated[float, Meta(gt=0, description="seconds the server waits for a client's update before going on")] = 1800.0
 
 
-def build_shared_model(opts: ModelOptions, data: Any, seed: int) -> torch.nn.Module:
+def build_shared_model(opts: ModelOptions, data: Any, seed: int, device: str) -> torch.nn.Module:
     """The model every node starts from: same spec and seed everywhere, so same initial weights."""
     ds = data.dataset
     return models.build_model(opts.model_spec, ds.image_shape[0], ds.num_classes, ds.image_shape[-1],
-                              dsa.derive_seed(seed, 0x5EED))
+                              dsa.derive_seed(seed, 0x5EED), device=device)
 
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opts: LocalTrainingOptions,
@@ -149,7 +149,7 @@ class Server(Node):
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
         seed, rounds = self.config.seed, self.config.rounds
-        model = build_shared_model(opts, data, seed)
+        model = build_shared_model(opts, data, seed, self.device)
         params = models.flat_params(model)
         rng = np.random.default_rng([seed, 0xFEDA])
         eval_every, subset = opts.eval_every, opts.test_subset
@@ -163,7 +163,7 @@ class Server(Node):
             if missing:
                 dropped[str(rnd)] = missing
             if replies:
-                params = weighted_average([r["params"] for r in replies.values()],
+                params = weighted_average([r["params"].to(self.device) for r in replies.values()],
                                           [r["samples"] for r in replies.values()])
             entry: dict[str, Any] = {"round": rnd, "clients": len(replies),
                                      "loss": float(np.mean([r["loss"] for r in replies.values()] or [np.nan]))}
@@ -191,7 +191,7 @@ class Client(Node):
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
         seed = self.config.seed
-        model = build_shared_model(opts, data, seed)
+        model = build_shared_model(opts, data, seed, self.device)
         samples, sent, received, rounds_done = len(data.train_x), 0, 0, 0
         while True:
             msg = await self.recv("global", src=self.server, timeout=opts.round_timeout)
@@ -200,7 +200,7 @@ class Client(Node):
                 break
             rnd = msg.payload["round"]
             params, loss = await self.offload(
-                train_from, model, msg.payload["params"].clone(), data.train_x, data.train_y, opts,
+                train_from, model, msg.payload["params"].to(self.device, copy=True), data.train_x, data.train_y, opts,
                 data.dataset.name, dsa.derive_seed(seed, self.rank, rnd),
             )
             sent += await self.send(self.server, "update",

@@ -90,13 +90,13 @@ class MTTOptions(ModelOptions):
 
 
 def score(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-          optimizer: str, lr: float, epochs: int, models: int, spec: Any, num_classes: int,
+          optimizer: str, lr: float, epochs: int, count: int, spec: Any, num_classes: int,
           dsa_strategy: str | None, seed: int) -> list[float]:
-    """Accuracy of `models` fresh models trained on (x, y) and tested on (test_x, test_y)."""
+    """Accuracy of `count` fresh models trained on (x, y) and tested on (test_x, test_y)."""
     out = []
-    for i in range(models):
-        net = models.build_model(spec, x.shape[1], num_classes, x.shape[-1], dsa.derive_seed(seed, i, 1))
-        net = net.to(x.device)
+    for i in range(count):
+        net = models.build_model(spec, x.shape[1], num_classes, x.shape[-1], dsa.derive_seed(seed, i, 1),
+                                 device=x.device)
         train.train_model(net, x, y, optimizer=optimizer, lr=lr, epochs=epochs, dsa_strategy=dsa_strategy,
                           seed=dsa.derive_seed(seed, i, 2))
         out.append(evaluate.evaluate(net, test_x, test_y))
@@ -138,7 +138,7 @@ def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.
     if len(sel_x) and len(fit_x):
         for optimizer, lr in grid:
             acc = score(fit_x, fit_y, sel_x, sel_y, optimizer=optimizer, lr=lr, epochs=opts.search_epochs,
-                        models=1, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
+                        count=1, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
                         seed=dsa.derive_seed(seed, 0x5EA))[0]
             search.append({"optimizer": optimizer, "lr": lr, "accuracy": acc})
             log(phase="search", optimizer=optimizer, lr=lr, accuracy=acc)
@@ -147,7 +147,7 @@ def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.
     else:  # nothing can be held out (one image per class): the grid's first entry
         chosen = grid[0]
     accs = score(syn_x, syn_y, test_x, test_y, optimizer=chosen[0], lr=chosen[1], epochs=opts.eval_epochs,
-                 models=opts.eval_models, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
+                 count=opts.eval_models, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
                  seed=dsa.derive_seed(seed, 0xE7A))
     return {"accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs), "accuracies": accs,
             "optimizer": chosen[0], "lr": chosen[1], "search": search, "select_on": opts.select_on,
