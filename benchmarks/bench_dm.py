@@ -33,11 +33,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import torch
-from results_file import RESULTS, write_results  # benchmarks/ is the script's folder
+from results_file import git_commit, merged, write_results  # benchmarks/ is the script's folder
 
 from dsim.ml.device import available_devices, default_chunk, device_name, synchronize
 from dsim.ml.dm import (
@@ -183,20 +182,6 @@ def run_child(args: argparse.Namespace, device: torch.device, measure: str, work
     return entry
 
 
-def merged(name: str, entries: dict[str, dict], config: dict) -> dict:
-    """The results file with this run's device entries replacing those of the same name."""
-    path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    devices = old.get("devices", {}) if isinstance(old, dict) else {}
-    return {"config": config, "devices": {**devices, **entries}}
-
-
-def git_commit() -> str | None:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        cwd=Path(__file__).parent,
-    )  # fmt: skip
-    return done.stdout.strip() or None
 
 
 UNITS = {

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from results_file import RESULTS, write_results  # benchmarks/ is the script's folder
+from results_file import git_commit, merged, write_results  # benchmarks/ is the script's folder
 
 from dsim.ml.device import available_devices, device_name, synchronize
 from dsim.ml.dsa import default_strategy
@@ -184,20 +184,6 @@ def measure_device(args: argparse.Namespace, device: torch.device) -> dict:
     }  # fmt: skip
 
 
-def git_commit() -> str | None:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-        cwd=Path(__file__).parent,
-    )  # fmt: skip
-    return done.stdout.strip() or None
-
-
-def merged(name: str, entries: dict[str, dict], config: dict) -> dict:
-    """The results file with this run's device entries replacing those of the same name."""
-    path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    devices = old.get("devices", {}) if isinstance(old, dict) else {}
-    return {"config": config, "devices": {**devices, **entries}}
 
 
 def main() -> None:
