@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import networkx as nx
 
-from dsim.devices import on_device, peak_memory_mb
+from dsim.devices import node_devices, on_device, peak_memory_mb, prepare_process
 from dsim.errors import DsimError
 from dsim.node import Node, NodeContext
 from dsim.nodelog import NodeLog, json_safe
@@ -38,6 +38,14 @@ def describe(exc: BaseException) -> str:
     where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}{where}" if not isinstance(exc, DsimError) else text
+
+
+def place_nodes(cfg: Config, program: Program, ranks: list[int], first_rank: int = 0) -> dict[int, str]:
+    """Each node's device, by its rank's position on this machine, with the process set up for them
+    (deterministic kernels when asked) before CUDA starts."""
+    devices = node_devices(cfg.device, cfg.gpus, [r - first_rank for r in ranks], uses_torch=program.uses_data)
+    prepare_process(devices, cfg.deterministic)
+    return dict(zip(ranks, devices, strict=True))
 
 
 def open_log(run_dir: Path, rank: int, t0: float) -> NodeLog:

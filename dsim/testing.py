@@ -43,7 +43,6 @@ from dsim.config import (
     load_toml,
     resolve,
 )
-from dsim.devices import node_devices
 from dsim.errors import DsimError, RunFailed
 from dsim.hosting import (
     build_node,
@@ -52,6 +51,7 @@ from dsim.hosting import (
     log_start,
     make_endpoint,
     open_log,
+    place_nodes,
     run_node,
 )
 from dsim.launch import build_graph
@@ -183,8 +183,7 @@ class _Setup:
         program, cfg, graph = self.program, self.cfg, self.graph
         loop = asyncio.get_running_loop()
         ranks = sorted(graph.nodes)
-        devices = dict(zip(ranks, node_devices(cfg.device, cfg.gpus, ranks, uses_torch=program.uses_data),
-                           strict=True))
+        devices = place_nodes(cfg, program, ranks)  # as a worker does; its torch flags are process-wide
         t0 = time.time()
         logs: dict[int, NodeLog] = {}
         endpoints: dict[int, Endpoint] = {}

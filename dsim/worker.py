@@ -28,7 +28,6 @@ import zmq.asyncio
 
 from dsim import control
 from dsim.config import Config
-from dsim.devices import node_devices, prepare_process
 from dsim.hosting import (
     build_node,
     describe,
@@ -36,6 +35,7 @@ from dsim.hosting import (
     log_start,
     make_endpoint,
     open_log,
+    place_nodes,
     run_node,
 )
 from dsim.node import Node
@@ -155,10 +155,7 @@ class Worker:
         data_fp: dict[int, dict[str, str]] = {}
         data: dict[int, Any] = {}
         try:
-            devices = node_devices(cfg.device, cfg.gpus, [r - spec.first_rank for r in spec.ranks],
-                                   uses_torch=spec.program.uses_data)
-            self.devices = dict(zip(spec.ranks, devices, strict=True))
-            prepare_process(devices, cfg.deterministic)
+            self.devices = place_nodes(cfg, spec.program, spec.ranks, spec.first_rank)
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
