@@ -22,8 +22,10 @@ several machines) is the launcher's to test.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Coroutine, Iterable, Mapping
@@ -111,7 +113,7 @@ def run_program(
     {"dataset": "digits"}}), `sets` are `--set key=value` strings and `config` a TOML file, with the
     launcher's precedence (file < flags < sets). `run_dir` (the config's `out` is not used) holds
     config.toml, nodes/<rank>.jsonl, bandwidth.csv and what the program writes; by default a fresh
-    temporary directory, left in place. `timeout` bounds the run from the moment the nodes connect
+    temporary directory, removed when the Python process exits. `timeout` bounds the run from the moment the nodes connect
     (after their data shares are loaded). Raises DsimError for a bad config and ProgramFailed when a
     node fails or `timeout` passes.
     """
@@ -169,7 +171,7 @@ class _Setup:
             cfg = resolve(file, {**given, "algorithm": algorithm}, sets)
             program = load_program(cfg.algorithm)
         graph = build_graph(cfg, program)
-        folder = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="dsim-test-"))
+        folder = Path(run_dir) if run_dir is not None else _session_dir()
         if (folder / "nodes").is_dir() and any((folder / "nodes").iterdir()):
             raise DsimError(f"{folder} already holds a run's node logs; choose another run_dir")
         folder.mkdir(parents=True, exist_ok=True)
@@ -279,6 +281,13 @@ async def _cancel(tasks: list[asyncio.Task]) -> None:
         task.cancel()
     if running:
         await asyncio.wait(running, timeout=_CANCEL_GRACE_S)
+
+
+def _session_dir() -> Path:
+    """A fresh temporary run directory, readable until this Python process exits, then removed."""
+    folder = Path(tempfile.mkdtemp(prefix="dsim-test-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _read_log(run_dir: Path, rank: int) -> list[dict[str, Any]]:
