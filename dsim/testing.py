@@ -132,7 +132,8 @@ async def run_program_async(
     run_dir: str | Path | None = None,
     timeout: float = 60.0,
 ) -> HarnessResult:
-    """`run_program` for a caller that is already inside an event loop; the nodes run in that loop."""
+    """`run_program` for a caller that is already inside an event loop; the nodes run in that loop
+    (and offload to its default executor, which waits at loop close for a computation still running)."""
     setup = _Setup.make(algorithm, nodes, topology, sets, config, flags, run_dir)
     return await setup.run(timeout)
 
