@@ -157,8 +157,12 @@ def resolve(
     file: str | None = None,
     flags: Mapping[str, Any] | None = None,
     sets: Iterable[str] = (),
+    program: Program | None = None,
 ) -> Config:
-    """The typed config of an experiment; raises a one-line DsimError for any bad key or value."""
+    """The typed config of an experiment; raises a one-line DsimError for any bad key or value.
+
+    `program` gives the program as an object (dsim.testing runs programs no `--algorithm` name
+    reaches); otherwise the `algorithm` key picks it."""
     from dsim.programs import load_program  # the algorithm decides the program's table
 
     raw: dict[str, Any] = {}
@@ -166,10 +170,11 @@ def resolve(
     _deep_merge(raw, _drop_none(flags or {}))
     for text in sets:
         _deep_merge(raw, _assignment(text)[1])
-    algorithm = raw.get("algorithm", DEFAULT_ALGORITHM)
-    if not isinstance(algorithm, str):
-        raise DsimError(f"config key 'algorithm' expects str, got {algorithm!r}")
-    program = load_program(algorithm)
+    if program is None:
+        algorithm = raw.get("algorithm", DEFAULT_ALGORITHM)
+        if not isinstance(algorithm, str):
+            raise DsimError(f"config key 'algorithm' expects str, got {algorithm!r}")
+        program = load_program(algorithm)
     return convert(config_type(program), raw)
 
 

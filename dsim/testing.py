@@ -38,11 +38,6 @@ import networkx as nx
 
 from dsim.config import (
     Config,
-    _assignment,
-    _deep_merge,
-    _drop_none,
-    config_type,
-    load_toml,
     resolve,
 )
 from dsim.errors import DsimError, RunFailed
@@ -58,7 +53,6 @@ from dsim.hosting import (
 )
 from dsim.launch import build_graph
 from dsim.nodelog import NodeLog
-from dsim.options import convert
 from dsim.program import Program
 from dsim.programs import load_program
 from dsim.results import bandwidth_rows, write_bandwidth, write_config
@@ -138,19 +132,6 @@ async def run_program_async(
     return await setup.run(timeout)
 
 
-def _resolve_for(program: Program, file: str | None, flags: Mapping[str, Any], sets: Iterable[str]) -> Config:
-    """`dsim.config.resolve` for a Program given as an object, which no `--algorithm` name reaches.
-
-    resolve() finds the program by name; this merges the same layers with dsim.config's own helpers
-    and converts to the same typed Config (a `program=` argument to resolve would make it go away)."""
-    raw: dict[str, Any] = {}
-    _deep_merge(raw, load_toml(file) if file else {})
-    _deep_merge(raw, _drop_none({**flags, "algorithm": program.name}))
-    for text in sets:
-        _deep_merge(raw, _assignment(text)[1])
-    return convert(config_type(program), raw)
-
-
 @dataclass(frozen=True)
 class _Setup:
     """Everything decided before the loop runs: program, config, graph and run directory."""
@@ -167,7 +148,8 @@ class _Setup:
         file = str(config) if config is not None else None
         sets = list(sets)
         if isinstance(algorithm, Program):
-            program, cfg = algorithm, _resolve_for(algorithm, file, given, sets)
+            program = algorithm
+            cfg = resolve(file, {**given, "algorithm": program.name}, sets, program=program)
         else:
             cfg = resolve(file, {**given, "algorithm": algorithm}, sets)
             program = load_program(cfg.algorithm)
