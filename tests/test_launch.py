@@ -330,3 +330,17 @@ def test_machines_with_different_data_files_refuse_to_start(tmp_path, mnist_dir)
         errors.append(stderr)
     assert "t10k-labels-idx1-ubyte.gz" in errors[1] and "MD5" in errors[1].upper(), errors[1]
     assert "machine 1" in errors[0], errors[0]
+
+
+def test_a_failed_run_under_quiet_prints_its_failure_line_and_keeps_its_files(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.run([dsim_script(), "launch", "--nodes", "4", "--topology", "ring", "--algorithm",
+                           "testprogs.failing", "--set", "rounds=1000", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["dsim: error: node 1 failed: ValueError: node 1 gives up on purpose (at failing.py:13)"], lines
+    result = summary(out)
+    assert result["status"] == "failed" and result["failures"][0]["ranks"] == [1]
+    assert (out / "config.toml").exists() and "error" in [e["event"] for e in node_events(out, 1)]
