@@ -25,6 +25,7 @@ from msgspec import Meta
 
 from dsim.data.options import DataOptions
 from dsim.errors import DsimError
+from dsim.links import LinksOptions
 from dsim.options import Options, commented_toml, convert, to_dict
 from dsim.program import Program
 from dsim.topologies.options import GraphOptions
@@ -80,6 +81,7 @@ class Config(Options):
     graph: GraphOptions = msgspec.field(default_factory=GraphOptions)
     net: NetOptions = msgspec.field(default_factory=NetOptions)
     data: DataOptions = msgspec.field(default_factory=DataOptions)
+    links: LinksOptions = msgspec.field(default_factory=LinksOptions)
 
     @property
     def program_options(self) -> Options | None:
