@@ -19,6 +19,7 @@ import networkx as nx
 
 from dsim.devices import node_devices, on_device, peak_memory_mb, prepare_process
 from dsim.errors import DsimError
+from dsim.links import LinkTable, build_links
 from dsim.node import Node, NodeContext
 from dsim.nodelog import NodeLog, json_safe
 from dsim.options import to_dict
@@ -53,13 +54,19 @@ def open_log(run_dir: Path, rank: int, t0: float) -> NodeLog:
     return NodeLog(run_dir / "nodes" / f"{rank}.jsonl", rank, t0)
 
 
+def link_table(cfg: Config, program: Program, graph: nx.Graph) -> LinkTable | None:
+    """The run's emulated links ([links] and its file, checked against the graph), None when all are
+    ideal; what the launcher resolves before it forks and the harness before it builds nodes."""
+    return build_links(cfg.links, graph, cfg.seed, lambda rank: program.role_of(rank, graph))
+
+
 def make_endpoint(ctx: zmq.asyncio.Context | None, cfg: Config, graph: nx.Graph, rank: int,
-                  log: NodeLog) -> Endpoint:
+                  log: NodeLog, links: LinkTable | None = None) -> Endpoint:
     """The node's endpoint, unbound and unconnected; `ctx=None` makes one without sockets, whose
-    neighbours must all be reached in memory."""
+    neighbours must all be reached in memory. `links`: the run's link table (None: ideal links)."""
     neighbours = tuple(sorted(graph.neighbors(rank)))
     max_bytes = int(cfg.net.max_message_mb * (1 << 20))
-    return Endpoint(ctx, rank, neighbours, next_hops(graph, rank), max_bytes, log.write)
+    return Endpoint(ctx, rank, neighbours, next_hops(graph, rank), max_bytes, log.write, links)
 
 
 def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:

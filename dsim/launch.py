@@ -29,6 +29,8 @@ from dsim.coordinator import Coordinator, Outcome
 from dsim.devices import check_device
 from dsim.errors import DsimError
 from dsim.follower import follow
+from dsim.hosting import link_table
+from dsim.links import LinkTable
 from dsim.options import to_dict
 from dsim.plan import LocalProc, WorkerPlan, plan_workers
 from dsim.program import Program
@@ -124,6 +126,7 @@ class LaunchPlan:
     me: int
     host_ip: str
     workers: list[WorkerPlan]
+    links: LinkTable | None = None  # the emulated links (None: all ideal), checked against the graph
 
     @property
     def mine(self) -> list[WorkerPlan]:
@@ -135,6 +138,7 @@ def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None 
     program = load_program(cfg.algorithm)
     check_device(cfg.device, cfg.gpus)
     graph = build_graph(cfg, program)
+    links = link_table(cfg, program, graph)  # a bad links file is refused here, before any fork
     world = graph.number_of_nodes()
     if hosts:
         machines = hostfile.layout(hostfile.parse_hosts(hosts), world)
@@ -148,7 +152,8 @@ def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None 
     _check_port_range(host_ip, cfg.net.ports, len(machines[me].ranks))
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
-    return LaunchPlan(cfg, program, graph, machines, me, host_ip, plan_workers(machines, cfg.nodes_per_process))
+    return LaunchPlan(cfg, program, graph, machines, me, host_ip, plan_workers(machines, cfg.nodes_per_process),
+                      links)
 
 
 def launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = None,
@@ -158,6 +163,8 @@ def launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = Non
     plan = plan_launch(cfg, hosts, machine_rank)
     program, graph, machines, me, plans = plan.program, plan.graph, plan.machines, plan.me, plan.workers
     ghash = graph_hash(graph)
+    if plan.links is not None and plan.links.digest:  # machines must read the same links file, too
+        ghash = f"{ghash}+links:{plan.links.digest}"
     tmpdir = None
     if hosts:
         master = f"tcp://{_resolve_ip(machines[0].host)}:{cfg.net.master_port}"
@@ -178,7 +185,7 @@ def launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = Non
     write_config(run_dir, cfg)
     t0 = time.time()
     base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
-                t0=t0, first_rank=machines[me].first_rank)
+                t0=t0, first_rank=machines[me].first_rank, links=plan.links)
     procs = _fork_workers(plan.mine, base)
     console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
                 f"nodes in {len(plans)} processes; results in {run_dir}")

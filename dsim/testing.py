@@ -44,6 +44,7 @@ from dsim.errors import DsimError, RunFailed
 from dsim.hosting import (
     build_node,
     describe,
+    link_table,
     load_share,
     log_start,
     make_endpoint,
@@ -52,11 +53,12 @@ from dsim.hosting import (
     run_node,
 )
 from dsim.launch import build_graph
+from dsim.links import LinkTable
 from dsim.nodelog import NodeLog
 from dsim.program import Program
 from dsim.programs import load_program
 from dsim.results import bandwidth_rows, write_bandwidth, write_config
-from dsim.transport import Endpoint
+from dsim.transport import Endpoint, links_settled
 
 __all__ = ["HarnessResult", "ProgramFailed", "run_program", "run_program_async"]
 
@@ -140,6 +142,7 @@ class _Setup:
     cfg: Config
     graph: nx.Graph
     run_dir: Path
+    links: LinkTable | None
 
     @classmethod
     def make(cls, algorithm: str | Program, nodes: int | None, topology: str | None, sets: Iterable[str],
@@ -154,12 +157,13 @@ class _Setup:
             cfg = resolve(file, {**given, "algorithm": algorithm}, sets)
             program = load_program(cfg.algorithm)
         graph = build_graph(cfg, program)
+        links = link_table(cfg, program, graph)
         folder = Path(run_dir) if run_dir is not None else _session_dir()
         if (folder / "nodes").is_dir() and any((folder / "nodes").iterdir()):
             raise DsimError(f"{folder} already holds a run's node logs; choose another run_dir")
         folder.mkdir(parents=True, exist_ok=True)
         write_config(folder, cfg)
-        return cls(program, cfg, graph, folder)
+        return cls(program, cfg, graph, folder, links)
 
     def role(self, rank: int) -> str:
         return self.program.role_of(rank, self.graph)
@@ -177,7 +181,7 @@ class _Setup:
             data = {}
             for rank in ranks:
                 log = logs[rank] = open_log(self.run_dir, rank, t0)
-                endpoints[rank] = make_endpoint(None, cfg, graph, rank, log)
+                endpoints[rank] = make_endpoint(None, cfg, graph, rank, log, self.links)
                 log_start(log, self.role(rank), endpoints[rank], devices[rank])
                 if program.uses_data:
                     data[rank] = self._share(rank, devices[rank])
@@ -246,12 +250,14 @@ class _Setup:
 async def _settle(endpoints: Mapping[int, Endpoint], deadline: float) -> None:
     """Let the frames still in flight land, as a launch drains before it reads the counters.
 
-    In memory every frame in flight is one callback on the loop (a relay adds one per hop), so a few
-    loop turns deliver them all; then every message sent has been received or dropped."""
+    In memory every frame in flight is one callback on the loop (a relay adds one per hop), or waits in
+    an emulated link's queue until its arrival time, so a few loop turns and the link queues' emptying
+    deliver them all; then every message sent has been received, dropped or lost."""
     loop = asyncio.get_running_loop()
     counters = [ep.counters for ep in endpoints.values()]
-    while sum(c.total.msgs_sent for c in counters) != sum(c.total.msgs_recv + c.msgs_dropped for c in counters):
-        if loop.time() >= deadline:
+    while sum(c.total.msgs_sent for c in counters) != sum(c.balance()["msgs_recv"] + c.msgs_dropped
+                                                          for c in counters):
+        if loop.time() >= deadline or not await links_settled(endpoints.values(), deadline - loop.time()):
             raise ProgramFailed("messages were still in flight at the deadline", sorted(endpoints))
         await asyncio.sleep(0)
 

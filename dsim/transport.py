@@ -8,13 +8,26 @@ Messages to a node that is not a neighbour go to the next hop of a shortest path
 unchanged (frames untouched) by every relay, which counts the bytes it forwards. Every frame is counted
 where it is sent and where it is received, so with no failures the totals agree. Frames that are garbled,
 too large, from another run or from a non-neighbour are dropped, logged, and counted as dropped.
+
+Emulated links (dsim.links, the [links] table): when any link of a node is not ideal, each message it
+sends or forwards is admitted to the directed link to its next hop (serialisation behind the messages
+before it, latency, jitter, loss) and waits in that link's queue, in arrival order, until a loop timer
+hands its frames to the socket or to the in-memory receiver at its arrival time; `send` returns at
+once. A message in a link queue is counted sent and not yet received, so termination counting sees it
+in flight. A lost message is counted (msgs_lost, bytes_lost) and logged (`lost`) by the link's sender,
+and counts as settled in `Counters.balance`. What still waits when the run stops is counted lost with
+that reason (`discard_queued`), never dropped silently. With every link ideal the endpoint has no link
+state (`_links is None`): one attribute check on the send, relay and receive paths is all it costs.
+A node going offline (churn) is one more check at the two doors of the link layer, `_shape` (what it
+sends or forwards) and `_handle` (what reaches it), counting those messages lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +36,12 @@ import zmq.asyncio
 
 from dsim import wire
 from dsim.errors import DsimError
+from dsim.links import Link, LinkTable
 
 _NOBLOCK = int(zmq.NOBLOCK)
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
+ZERO_COPY_FROM = 1 << 16  # a queued snapshot this large goes to the socket zero-copy (smaller ones are copied)
+_clock = time.monotonic  # the link model's clock: system-wide, so two processes' timestamps compare
 
 
 class NodeTimeout(TimeoutError):
@@ -66,6 +82,11 @@ class Counters:
     msgs_relayed: int = 0
     msgs_dropped: int = 0
     bytes_dropped: int = 0
+    msgs_lost: int = 0  # lost on this node's outgoing links, or still queued there when the run stopped
+    bytes_lost: int = 0
+    send_s: float = 0.0  # emulated serialisation time of everything this node put on its links (queueing excluded)
+    recv_s: float = 0.0  # the same of everything it received, from the incoming link's rate
+    latency_s: float = 0.0  # propagation latency (with jitter) of the messages it sent that were not lost
 
     def sent(self, kind: str, nbytes: int) -> None:
         for t in (self.total, self.by_kind[kind]):
@@ -77,6 +98,17 @@ class Counters:
             t.bytes_recv += nbytes
             t.msgs_recv += 1
 
+    def lost(self, nbytes: int) -> None:
+        self.msgs_lost += 1
+        self.bytes_lost += nbytes
+
+    def balance(self) -> dict[str, int]:
+        """The totals termination counting compares (sent against received): a lost message has left
+        the network as surely as a received one, so it counts on the receiving side."""
+        t = self.total
+        return {"bytes_sent": t.bytes_sent, "bytes_recv": t.bytes_recv + self.bytes_lost,
+                "msgs_sent": t.msgs_sent, "msgs_recv": t.msgs_recv + self.msgs_lost}
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.total.as_dict(),
@@ -84,6 +116,11 @@ class Counters:
             "msgs_relayed": self.msgs_relayed,
             "msgs_dropped": self.msgs_dropped,
             "bytes_dropped": self.bytes_dropped,
+            "msgs_lost": self.msgs_lost,
+            "bytes_lost": self.bytes_lost,
+            "send_s": round(self.send_s, 6),
+            "recv_s": round(self.recv_s, 6),
+            "latency_s": round(self.latency_s, 6),
             "by_kind": {k: t.as_dict() for k, t in sorted(self.by_kind.items())},
         }
 
@@ -155,7 +192,7 @@ class Endpoint:
     """The sockets of one node. Created unbound; `bind`, then `connect` once peers are known.
 
     Without a ZeroMQ context (`ctx=None`, as dsim.testing makes them) it has no socket at all and every
-    neighbour must be reached in memory."""
+    neighbour must be reached in memory. `links` is the run's link table (None: every link ideal)."""
 
     def __init__(
         self,
@@ -165,6 +202,7 @@ class Endpoint:
         next_hop: dict[int, int],
         max_bytes: int,
         log: Callable[..., None],
+        links: LinkTable | None = None,
     ) -> None:
         self.ctx, self.rank = ctx, rank
         self.run = ""  # the run id arrives with the peer table
@@ -194,6 +232,17 @@ class Endpoint:
         self._reader_fd: int | None = None
         self._open = False  # between connect and close: in-memory deliveries are handled
         self.address = ""
+        # Emulated links: state of each outgoing link and the seconds per byte of each incoming one;
+        # None when all of them are ideal, which keeps the hot paths as they are without links.
+        self._links: dict[int, Link] | None = None
+        self._cost_in: dict[int, float] = {}
+        self.queued = 0  # messages waiting in this node's link queues (in flight)
+        self._idle: asyncio.Event | None = None
+        if links is not None:
+            out = {n: links.link(rank, n) for n in neighbours}
+            cost_in = {n: links.spec(n, rank).cost for n in neighbours}
+            if any(not link.spec.ideal for link in out.values()) or any(cost_in.values()):
+                self._links, self._cost_in = out, cost_in
 
     def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
         """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
@@ -271,9 +320,12 @@ class Endpoint:
                 f"node {self.rank}: '{kind}' message to {dst} is {nbytes} bytes, over net.max_message_mb"
             )
         self.counters.sent(kind, nbytes)
+        if self._links is not None:
+            self._shape(hop, frames, nbytes, kind, dst, relayed=False)
+            return nbytes
         peer = self._local.get(hop)
         if peer is not None:  # a snapshot, as a socket takes: later writes to the arrays do not travel
-            peer.deliver(self._identity, [frames[0], *(bytes(f) for f in frames[1:])])
+            peer.deliver(self._identity, _snapshot(frames))
             return nbytes
         try:
             self._fast[hop].send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
@@ -326,6 +378,8 @@ class Endpoint:
         if peer is None:
             return self._drop("sender is not a neighbour", nbytes, identity)
         self.counters.received(header.kind, nbytes)
+        if self._links is not None:
+            self.counters.recv_s += nbytes * self._cost_in[peer]
         if header.dst != self.rank:
             return self._relay(header, body, nbytes)
         if header.kind == "hello":
@@ -346,12 +400,111 @@ class Endpoint:
         self.counters.bytes_relayed += nbytes
         self.counters.msgs_relayed += 1
         # Synchronous enqueue keeps "received" and "forwarded" in one step for termination counting.
-        if peer is not None:
+        if self._links is not None:
+            self._shape(hop, body, nbytes, header.kind, header.dst, relayed=True)
+        elif peer is not None:
             peer.deliver(self._identity, body)
         else:
             self._fast[hop].send_multipart(body, copy=False)
 
+    # --- emulated links ------------------------------------------------------------------------
+    def _shape(self, hop: int, frames: list, nbytes: int, kind: str, dst: int, relayed: bool) -> None:
+        """Put a counted message on the link to `hop`: lost (counted, logged), or handed over at its
+        arrival time, after every message before it on that link. Greetings are never lost."""
+        link = self._links[hop]
+        now = _clock()
+        arrival, tx, delay = link.admit(nbytes, now, lossy=kind != "hello")
+        counters = self.counters
+        counters.send_s += tx
+        if arrival is None:
+            counters.lost(nbytes)
+            self.log("lost", reason="link loss", kind=kind, dst=dst, hop=hop, nbytes=nbytes)
+            return
+        counters.latency_s += delay
+        queue = link.queue
+        if not queue and arrival <= now:  # an ideal link with nothing waiting: hand over now
+            body = frames if relayed or hop not in self._local else _snapshot(frames)
+            if self._transmit(hop, body, copy=not relayed):
+                return
+        body, copy = (frames, False) if relayed else (_snapshot(frames), nbytes < ZERO_COPY_FROM)
+        queue.append((arrival, body, copy, nbytes, kind, dst))
+        self.queued += 1
+        if len(queue) == 1 and link.stall is None:
+            link.timer = self._loop.call_later(max(arrival - now, 0.0), self._pump, hop)
+
+    def _transmit(self, hop: int, body: list, copy: bool) -> bool:
+        """Hand frames to the in-memory receiver or the socket; False when the socket would block."""
+        peer = self._local.get(hop)
+        if peer is not None:
+            peer.deliver(self._identity, body)
+            return True
+        try:
+            self._fast[hop].send_multipart(body, flags=_NOBLOCK, copy=copy)
+        except zmq.Again:
+            return False
+        return True
+
+    def _pump(self, hop: int) -> None:
+        """The link's timer: hand over, in order, every message that is due (a timer that fires a
+        little early re-arms: nothing arrives before its time), then wait for the next."""
+        link = self._links[hop]
+        link.timer = None
+        queue, now = link.queue, _clock()
+        while queue and queue[0][0] <= now:
+            _, body, copy = queue[0][:3]
+            if not self._transmit(hop, body, copy):
+                link.stall = self._loop.create_task(self._unstall(hop, link))
+                return
+            queue.popleft()
+            self._dequeued()
+        if queue:
+            link.timer = self._loop.call_later(max(queue[0][0] - now, 0.0), self._pump, hop)
+
+    async def _unstall(self, hop: int, link: Link) -> None:
+        """Send the head of a link whose socket would have blocked, then carry on with the rest."""
+        _, body, copy = link.queue[0][:3]
+        await self.dealers[hop].send_multipart(body, copy=copy)
+        link.queue.popleft()
+        link.stall = None
+        self._dequeued()
+        self._pump(hop)
+
+    def _dequeued(self) -> None:
+        self.queued -= 1
+        if not self.queued and self._idle is not None:
+            self._idle.set()
+
+    async def links_idle(self) -> None:
+        """Return once nothing waits in this node's link queues."""
+        while self.queued:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            await self._idle.wait()
+
+    def discard_queued(self, reason: str) -> int:
+        """Count what still waits in the link queues as lost, with the reason, and log it (the run
+        stopped before it arrived); returns how many. Nothing is lost silently."""
+        if self._links is None:
+            return 0
+        count = 0
+        for hop, link in self._links.items():
+            for handle in (link.timer, link.stall):
+                if handle is not None:
+                    handle.cancel()
+            link.timer = link.stall = None
+            while link.queue:
+                _, _, _, nbytes, kind, dst = link.queue.popleft()
+                self.counters.lost(nbytes)
+                self.log("lost", reason=reason, kind=kind, dst=dst, hop=hop, nbytes=nbytes)
+                count += 1
+        self.queued = 0
+        if self._idle is not None:
+            self._idle.set()
+        return count
+
     def close(self) -> None:
+        self.discard_queued("endpoint closed with the message in its link queue")
         self._open = False
         if self._reader_fd is not None:
             asyncio.get_running_loop().remove_reader(self._reader_fd)
@@ -360,3 +513,19 @@ class Endpoint:
             sock.close(linger=0)
         if self.router is not None:
             self.router.close(linger=0)
+
+
+def _snapshot(frames: list) -> list:
+    """The frames as a socket would take them: later writes to the program's arrays do not travel."""
+    return [frames[0], *(bytes(f) for f in frames[1:])]
+
+
+async def links_settled(endpoints: Iterable[Endpoint], timeout: float) -> bool:
+    """Wait up to `timeout` s until nothing waits in these endpoints' link queues; True when nothing does."""
+    busy = [asyncio.ensure_future(ep.links_idle()) for ep in endpoints if ep.queued]
+    if not busy:
+        return True
+    _, pending = await asyncio.wait(busy, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    return not pending

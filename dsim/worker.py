@@ -38,10 +38,11 @@ from dsim.hosting import (
     place_nodes,
     run_node,
 )
+from dsim.links import LinkTable
 from dsim.node import Node
 from dsim.nodelog import NodeLog
 from dsim.program import Program
-from dsim.transport import Endpoint
+from dsim.transport import Endpoint, links_settled
 from dsim.wire import WireError
 
 M = TypeVar("M", bound=control.Message)
@@ -60,6 +61,7 @@ class WorkerSpec:
     t0: float
     threads: int
     first_rank: int = 0  # this machine's first rank: a node's local rank picks its GPU
+    links: LinkTable | None = None  # the emulated links, resolved by the launcher (None: all ideal)
 
 
 class CoordinatorLost(Exception):
@@ -142,12 +144,16 @@ class Worker:
             if isinstance(msg, control.Stop):
                 raise Stopped()
             if isinstance(msg, control.Query):
+                # Messages still in link queues land within their emulated delay: answer when they
+                # have (or after a heartbeat), so draining is not a busy loop of query waves.
+                await links_settled(self.endpoints.values(), self.heartbeat)
                 await self._send(control.Counts(name=self.spec.name, wave=msg.wave, **self._totals()))
 
     def _totals(self) -> dict[str, int]:
-        """Frame totals over this worker's nodes, as counts and heartbeats carry them."""
-        totals = [ep.counters.total for ep in self.endpoints.values()]
-        return {k: sum(getattr(t, k) for t in totals) for k in control.TRAFFIC_FIELDS}
+        """Frame totals over this worker's nodes, as counts and heartbeats carry them (a lost message
+        counts as received: it is no longer in flight)."""
+        totals = [ep.counters.balance() for ep in self.endpoints.values()]
+        return {k: sum(t[k] for t in totals) for k in control.TRAFFIC_FIELDS}
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
@@ -160,7 +166,7 @@ class Worker:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
                 log = self.logs[rank] = open_log(spec.run_dir, rank, spec.t0)
-                ep = self.endpoints[rank] = make_endpoint(self.ctx, cfg, spec.graph, rank, log)
+                ep = self.endpoints[rank] = make_endpoint(self.ctx, cfg, spec.graph, rank, log, spec.links)
                 ep.bind(spec.host, ports)
                 log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
@@ -218,6 +224,7 @@ class Worker:
             task.cancel()
         nodes = {}
         for rank, ep in self.endpoints.items():
+            ep.discard_queued("the run stopped with the message in its link queue")
             stats = ep.counters.as_dict()
             self.logs[rank].write("traffic", **stats)
             nodes[rank] = {"role": self.roles[rank], "host": self.spec.host, **stats}
