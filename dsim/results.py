@@ -13,7 +13,10 @@ from dsim.console import fmt_bytes
 from dsim.errors import DsimError
 from dsim.nodelog import json_safe
 
-BANDWIDTH_COLUMNS = ["rank", "role", "host", "bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "bytes_relayed"]
+# The last five are the emulated links' (dsim.links): zero when every link is ideal.
+LINK_COLUMNS = ["msgs_lost", "bytes_lost", "send_s", "recv_s", "latency_s"]
+BANDWIDTH_COLUMNS = ["rank", "role", "host", "bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv", "bytes_relayed",
+                     *LINK_COLUMNS]
 COUNTERS = ["bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv"]
 
 
@@ -73,10 +76,23 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     tmp.replace(run_dir / "summary.json")
 
 
+def _links_used(rows: list[dict[str, Any]]) -> bool:
+    return any(row.get(k) not in ("", 0, 0.0, None) for row in rows for k in LINK_COLUMNS)
+
+
+def _link_cells(row: dict[str, Any] | None) -> str:
+    """The emulated-link figures of a row (or the header): messages lost and transfer seconds."""
+    if row is None:
+        return f" {'lost':>7} {'send s':>9} {'recv s':>9}"
+    return f" {row['msgs_lost']:>7} {row['send_s']:>9.3f} {row['recv_s']:>9.3f}"
+
+
 def closing_table(rows: list[dict[str, Any]], limit: int = 24) -> str:
-    """Per-node bandwidth, with a totals line; long runs show the first and last rows."""
+    """Per-node bandwidth, with a totals line; long runs show the first and last rows. With emulated
+    links it adds each node's lost messages and its emulated send and receive seconds."""
+    links = _links_used(rows)
     header = f"{'rank':>5} {'role':<8} {'host':<15} {'sent':>10} {'recv':>10} {'msgs out':>9} {'msgs in':>9}"
-    lines = [header]
+    lines = [header + (_link_cells(None) if links else "")]
     shown = rows if len(rows) <= limit else rows[: limit // 2] + [None] + rows[-limit // 2:]
     for row in shown:
         if row is None:
@@ -86,10 +102,13 @@ def closing_table(rows: list[dict[str, Any]], limit: int = 24) -> str:
             lines.append(f"{row['rank']:>5} {row['role']:<8} {row['host']:<15} {'(no report)':>10}")
             continue
         lines.append(f"{row['rank']:>5} {row['role']:<8} {row['host']:<15} {fmt_bytes(row['bytes_sent']):>10} "
-                     f"{fmt_bytes(row['bytes_recv']):>10} {row['msgs_sent']:>9} {row['msgs_recv']:>9}")
+                     f"{fmt_bytes(row['bytes_recv']):>10} {row['msgs_sent']:>9} {row['msgs_recv']:>9}"
+                     + (_link_cells(row) if links else ""))
     reported = [r for r in rows if r["bytes_sent"] != ""]
     sent = sum(r["bytes_sent"] for r in reported)
     recv = sum(r["bytes_recv"] for r in reported)
+    total = {k: sum(r[k] for r in reported) for k in ("msgs_lost", "send_s", "recv_s")} if links else {}
     lines.append(f"{'all':>5} {'':<8} {'':<15} {fmt_bytes(sent):>10} {fmt_bytes(recv):>10} "
-                 f"{sum(r['msgs_sent'] for r in reported):>9} {sum(r['msgs_recv'] for r in reported):>9}")
+                 f"{sum(r['msgs_sent'] for r in reported):>9} {sum(r['msgs_recv'] for r in reported):>9}"
+                 + (_link_cells(total) if links else ""))
     return "\n".join(lines)
