@@ -167,6 +167,52 @@ class Node:
                 out[src] = res
         return out
 
+    async def gather_round(
+        self,
+        kind: str,
+        rnd: int,
+        srcs: Iterable[int] | None = None,
+        timeout: float | None = None,
+    ) -> dict[int, Any]:
+        """This round's `kind` payload (a dict with a "round" key) from each of `srcs` that sends it in
+        time (default: the neighbours); the others are left out and logged as `missing`.
+
+        For round-based programs on links that lose messages or nodes that go offline: a payload of
+        an earlier round (late) is dropped and logged `stale`; one of a later round means, links being
+        FIFO, that this round's will not come, so it is kept for that round and the source counts as
+        missing now. The whole gather shares one deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        early = self.__dict__.setdefault("_early", {})
+
+        async def one(src: int) -> Any:
+            held = early.get((kind, src), [])
+            while held and held[0]["round"] < rnd:
+                held.pop(0)  # kept for a round this node has since given up on
+            if held:
+                return held.pop(0) if held[0]["round"] == rnd else None
+            while (left := deadline - loop.time()) > 0:
+                payload = (await self.recv(kind, src=src, timeout=left)).payload
+                if payload["round"] == rnd:
+                    return payload
+                if payload["round"] > rnd:
+                    early.setdefault((kind, src), []).append(payload)
+                    return None
+                self.log_event("stale", kind=kind, src=src, round=payload["round"], expected=rnd)
+            return None
+
+        sources = list(self.neighbours if srcs is None else srcs)
+        got = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
+        out = {}
+        for src, res in zip(sources, got, strict=True):
+            if isinstance(res, NodeTimeout) or res is None:
+                self.log_event("missing", kind=kind, src=src, round=rnd)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                out[src] = res
+        return out
+
     # --- computation and logging ---------------------------------------------------------------
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a long computation in a thread so the node keeps messaging (torch releases the GIL)."""

@@ -10,9 +10,10 @@ from the same initial model (same seed), as in DecentralizePy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from msgspec import Meta
 
 from dsim.lazy import lazy_import
 from dsim.node import Node
@@ -27,6 +28,8 @@ models = lazy_import("dsim.ml.models")
 
 class DPSGDOptions(LocalTrainingOptions):
     """D-PSGD: local SGD, then Metropolis-Hastings averaging with the neighbours, every round."""
+
+    round_timeout: Annotated[float, Meta(gt=0, description="seconds a node waits for its neighbours' parameters each round before mixing without the missing ones")] = 120.0
 
 
 class Peer(Node):
@@ -46,14 +49,13 @@ class Peer(Node):
                 dsa.derive_seed(seed, self.rank, rnd),
             )
             await self.broadcast("dpsgd", {"round": rnd, "params": params})
-            mixed = params.to(torch.float64) * weights[self.rank]
-            for nbr in self.neighbours:
-                msg = await self.recv("dpsgd", src=nbr)
-                if msg.payload["round"] != rnd:
-                    raise RuntimeError(f"node {self.rank} got round {msg.payload['round']} from {nbr} in round {rnd}")
-                mixed += msg.payload["params"].to(self.device, torch.float64) * weights[nbr]
+            got = await self.gather_round("dpsgd", rnd, timeout=opts.round_timeout)
+            # A neighbour that is offline or lost its message: its weight stays with this node.
+            mixed = params.to(torch.float64) * (1.0 - sum(weights[n] for n in got))
+            for nbr, payload in got.items():
+                mixed += payload["params"].to(self.device, torch.float64) * weights[nbr]
             params = mixed.float()
-            entry: dict[str, Any] = {"round": rnd, "loss": loss}
+            entry: dict[str, Any] = {"round": rnd, "loss": loss, "neighbours_heard": len(got)}
             if (rnd + 1) % eval_every == 0 or rnd == rounds - 1:
                 accuracy = entry["accuracy"] = await self.offload(global_accuracy, model, params, data, subset)
             self.log(**entry)

@@ -10,7 +10,6 @@ The helpers below (model building, local training) are shared with D-PSGD (dsim.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -22,7 +21,6 @@ from dsim.lazy import lazy_import
 from dsim.node import Node
 from dsim.nodes.options import ModelOptions
 from dsim.program import Program
-from dsim.transport import NodeTimeout
 
 torch = lazy_import("torch")
 dsa = lazy_import("dsim.ml.dsa")
@@ -121,31 +119,6 @@ class Server(Node):
         take = max(1, math.ceil(frac * len(self.clients) - 1e-9))
         return sorted(int(c) for c in rng.choice(self.clients, size=take, replace=False))
 
-    async def collect(self, rnd: int, chosen: list[int], timeout: float) -> dict[int, Any]:
-        """This round's updates; late updates of earlier rounds (from dropped clients) are discarded."""
-        deadline = asyncio.get_running_loop().time() + timeout
-
-        async def one(src: int) -> Any:
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    raise NodeTimeout(f"node {src} sent no update for round {rnd} within {timeout:g} s")
-                payload = (await self.recv("update", src=src, timeout=left)).payload
-                if payload["round"] == rnd:
-                    return payload
-                self.log_event("stale", src=src, round=payload["round"], expected=rnd)
-
-        got = await asyncio.gather(*(one(s) for s in chosen), return_exceptions=True)
-        out = {}
-        for src, res in zip(chosen, got, strict=True):
-            if isinstance(res, NodeTimeout):
-                self.log_event("missing", kind="update", src=src, round=rnd)
-            elif isinstance(res, BaseException):
-                raise res
-            else:
-                out[src] = res
-        return out
-
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
         seed, rounds = self.config.seed, self.config.rounds
@@ -158,7 +131,7 @@ class Server(Node):
         for rnd in range(rounds):
             chosen = self.participants(rng)
             await self.broadcast("global", {"round": rnd, "params": params}, dsts=chosen)
-            replies = await self.collect(rnd, chosen, opts.round_timeout)
+            replies = await self.gather_round("update", rnd, chosen, timeout=opts.round_timeout)
             missing = sorted(set(chosen) - set(replies))
             if missing:
                 dropped[str(rnd)] = missing

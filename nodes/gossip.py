@@ -39,6 +39,7 @@ class GossipOptions(Options):
     """Gossip averaging of random vectors."""
 
     dim: Annotated[int, Meta(ge=1, description="length of each node's vector")] = 1000
+    round_timeout: Annotated[float, Meta(gt=0, description="seconds a node waits for its neighbours each round before mixing without the missing ones")] = 120.0
 
 
 class Peer(Node):
@@ -52,12 +53,10 @@ class Peer(Node):
         start_error = float(np.linalg.norm(x - target))
         for rnd in range(rounds):
             await self.broadcast("gossip", {"round": rnd, "x": x})
-            mixed = weights[self.rank] * x
-            for nbr in self.neighbours:
-                msg = await self.recv("gossip", src=nbr)
-                if msg.payload["round"] != rnd:
-                    raise RuntimeError(f"node {self.rank} got round {msg.payload['round']} from {nbr} in round {rnd}")
-                mixed = mixed + weights[nbr] * msg.payload["x"]
+            got = await self.gather_round("gossip", rnd, timeout=self.options.round_timeout)
+            mixed = (1.0 - sum(weights[n] for n in got)) * x  # a missing neighbour's weight stays here
+            for nbr, payload in got.items():
+                mixed = mixed + weights[nbr] * payload["x"]
             x = mixed
             self.log(round=rnd, error=float(np.linalg.norm(x - target)))
         return {"error": float(np.linalg.norm(x - target)), "start_error": start_error}

@@ -164,3 +164,14 @@ def test_the_async_variant_runs_in_the_callers_loop() -> None:
             run_program(ECHO)
 
     asyncio.run(main())
+
+
+def test_gather_round_leaves_out_the_missing_and_drops_the_late() -> None:
+    run = run_program("testprogs.lossy_rounds", nodes=3, topology="full", timeout=30)
+    assert run.results[0]["heard"] == [[1, 2], [2], [1, 2], [1, 2]]
+    assert run.results[1]["heard"] == [[0, 2]] * 4
+    missing = [(e["src"], e["round"]) for e in run.events(0, "missing")]
+    stale = [(e["src"], e["round"], e["expected"]) for e in run.events(0, "stale")]
+    # node 1 is already in round 2 when node 0 still waits for its round 1: the late copy is seen
+    # then, and its round-2 message (FIFO: round 1 is not coming) is kept for round 2
+    assert missing == [(1, 1)] and stale == [(1, 0, 1)]
