@@ -41,6 +41,7 @@ from dsim.links import Link, LinkTable
 _NOBLOCK = int(zmq.NOBLOCK)
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 ZERO_COPY_FROM = 1 << 16  # a queued snapshot this large goes to the socket zero-copy (smaller ones are copied)
+SOON_S = 50e-6  # a link head due sooner than this is checked on the next loop turn, not by a timer
 _clock = time.monotonic  # the link model's clock: system-wide, so two processes' timestamps compare
 
 
@@ -430,7 +431,7 @@ class Endpoint:
         queue.append((arrival, body, copy, nbytes, kind, dst))
         self.queued += 1
         if len(queue) == 1 and link.stall is None:
-            link.timer = self._loop.call_later(max(arrival - now, 0.0), self._pump, hop)
+            self._arm(hop, link, arrival - now)
 
     def _transmit(self, hop: int, body: list, copy: bool) -> bool:
         """Hand frames to the in-memory receiver or the socket; False when the socket would block."""
@@ -458,7 +459,15 @@ class Endpoint:
             queue.popleft()
             self._dequeued()
         if queue:
-            link.timer = self._loop.call_later(max(queue[0][0] - now, 0.0), self._pump, hop)
+            self._arm(hop, link, queue[0][0] - now)
+
+    def _arm(self, hop: int, link: Link, delay: float) -> None:
+        """Wake the link's pump when its head is due. A head due within a few loop turns is checked on
+        the next turn instead of through the timer heap (cheaper; `_pump` re-arms if it is early)."""
+        if delay < SOON_S:
+            link.timer = self._loop.call_soon(self._pump, hop)
+        else:
+            link.timer = self._loop.call_later(delay, self._pump, hop)
 
     async def _unstall(self, hop: int, link: Link) -> None:
         """Send the head of a link whose socket would have blocked, then carry on with the rest."""
