@@ -4,7 +4,9 @@ Each payload carries the sender's `time.monotonic()` at send (CLOCK_MONOTONIC is
 processes of one machine compare), the message's index and `timed.bytes` bytes of data. The sender
 sends `timed.count` messages back to back and returns at once (they wait in its link queue). The
 receiver takes them until it has them all or none came for `timed.wait` s (lost messages never come),
-and returns each one's index and delay from send to receipt. Every other node returns at once.
+and returns each one's index, its delay from its own send to its receipt, and its receipt time from the
+first message's send (messages sent back to back share the link from then on). Every other node
+returns at once.
 """
 
 from __future__ import annotations
@@ -45,15 +47,20 @@ class Peer(Node):
             return {"sent": opt.count}
         if self.rank != opt.dst:
             return {}
-        order, delays = [], []
+        order, delays, since_first = [], [], []
+        first = None
         for _ in range(opt.count):
             try:
                 msg = await self.recv(KIND, src=opt.src, timeout=opt.wait)
             except NodeTimeout:  # the rest were lost
                 break
-            delays.append(time.monotonic() - msg.payload["t"])
+            now = time.monotonic()
+            if msg.payload["i"] == 0:
+                first = msg.payload["t"]
+            delays.append(now - msg.payload["t"])
+            since_first.append(None if first is None else now - first)
             order.append(msg.payload["i"])
-        return {"order": order, "delays": delays}
+        return {"order": order, "delays": delays, "since_first": since_first}
 
 
 PROGRAM = Program(name="timed", roles={"peer": Peer}, options=TimedOptions)
