@@ -1,13 +1,18 @@
 """Hosts files (OpenMPI / DeepSpeed style) and the deterministic layout of global ranks on machines.
 
 One ``hostname-or-ip slots=N`` per line, ``#`` starts a comment. Machine i holds the N consecutive
-ranks after those of machines 0..i-1; machine 0 runs the coordinator.
+ranks after those of machines 0..i-1; machine 0 runs the coordinator. Machines can also come without a
+file (`HostList`): from Slurm, which names the machines but not their slots, or from machine 0, which
+ships its hosts file's lines to the machines it starts over SSH.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +61,37 @@ def parse_hosts(path: str | Path) -> list[tuple[str, int]]:
     return entries
 
 
+@dataclass(frozen=True)
+class HostList:
+    """Machines given without a hosts file; `slots` None spreads the graph's nodes evenly over them."""
+
+    hosts: tuple[str, ...]
+    slots: tuple[int, ...] | None = None
+
+
+HostSource = str | Path | HostList
+"""Where the machines of a run come from: a hosts file's path, or a `HostList`."""
+
+
+def spread(hosts: Sequence[str], total: int) -> list[tuple[str, int]]:
+    """Each machine gets total // n nodes and the first total % n one more (numpy.array_split's rule),
+    so that ranks stay consecutive and the machines differ by at most one node."""
+    n = len(hosts)
+    if total < n:
+        raise DsimError(f"{n} machines but the graph has only {total} nodes: every machine needs at least one")
+    base, extra = divmod(total, n)
+    return [(host, base + (1 if i < extra else 0)) for i, host in enumerate(hosts)]
+
+
+def entries(source: HostSource, total: int) -> list[tuple[str, int]]:
+    """The (host, slots) lines of a run of `total` nodes, from a hosts file or a `HostList`."""
+    if not isinstance(source, HostList):
+        return parse_hosts(source)
+    if source.slots is None:
+        return spread(source.hosts, total)
+    return list(zip(source.hosts, source.slots, strict=True))
+
+
 def layout(entries: list[tuple[str, int]], total_nodes: int) -> list[Machine]:
     slots = sum(s for _, s in entries)
     if slots != total_nodes:
@@ -74,13 +110,45 @@ def local_addresses() -> set[str]:
     return names
 
 
+def find_self(hosts: Sequence[str]) -> list[int]:
+    """The indices of the hosts that name this machine (by name or by one of its addresses)."""
+    mine = local_addresses()
+    return [i for i, host in enumerate(hosts) if host in mine]
+
+
 def detect_machine(machines: list[Machine]) -> int:
     """The index of the one hosts-file entry that names this machine; --machine-rank when ambiguous."""
-    mine = local_addresses()
-    matches = [m.index for m in machines if m.host in mine]
+    matches = find_self([m.host for m in machines])
     if len(matches) != 1:
         found = "none" if not matches else ", ".join(machines[i].host for i in matches)
         raise DsimError(
             f"cannot tell which hosts-file entry is this machine (matching: {found}); pass --machine-rank I"
         )
     return matches[0]
+
+
+def check_local(machines: list[Machine], me: int, ip: str) -> None:
+    """Refuse to run as machine `me` where its nodes could not be reached: its address is not one of this
+    computer's (a wrong --machine-rank or line order), or its name resolves to a loopback address here
+    (Debian's "127.0.1.1 hostname" line in /etc/hosts) while other machines must reach it."""
+    machine = machines[me]
+    with socket.socket() as s:
+        try:
+            s.bind((ip, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise DsimError(f"machine {me} is {machine.host} ({ip}), which is not an address of this "
+                                f"computer: check --machine-rank or the order of the machines") from None
+            raise
+    if len(machines) > 1 and ipaddress.ip_address(ip).is_loopback and not _loopback_name(machine.host):
+        raise DsimError(f"machine {me} is {machine.host}, which resolves to {ip} here (a loopback address: "
+                        f"/etc/hosts?): the other machines cannot reach it; list its address in a hosts file")
+
+
+def _loopback_name(host: str) -> bool:
+    """An address written out, or localhost: the user chose loopback (one computer playing machines)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host == "localhost"

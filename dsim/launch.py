@@ -133,7 +133,7 @@ class LaunchPlan:
         return [w for w in self.workers if w.machine == self.me]
 
 
-def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = None) -> LaunchPlan:
+def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None) -> LaunchPlan:
     """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts."""
     program = load_program(cfg.algorithm)
     check_device(cfg.device, cfg.gpus)
@@ -141,7 +141,7 @@ def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None 
     links = link_table(cfg, program, graph)  # a bad links file is refused here, before any fork
     world = graph.number_of_nodes()
     if hosts:
-        machines = hostfile.layout(hostfile.parse_hosts(hosts), world)
+        machines = hostfile.layout(hostfile.entries(hosts, world), world)
         if machine_rank is not None and not 0 <= machine_rank < len(machines):
             raise DsimError(f"--machine-rank {machine_rank} is outside the hosts file's 0..{len(machines) - 1}")
         me = machine_rank if machine_rank is not None else hostfile.detect_machine(machines)
@@ -149,6 +149,8 @@ def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None 
         machines = [hostfile.Machine(0, cfg.net.host, world, 0)]
         me = 0
     host_ip = _resolve_ip(machines[me].host)
+    if hosts:
+        hostfile.check_local(machines, me, host_ip)
     _check_port_range(host_ip, cfg.net.ports, len(machines[me].ranks))
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
@@ -156,7 +158,7 @@ def plan_launch(cfg: Config, hosts: str | None = None, machine_rank: int | None 
                       links)
 
 
-def launch(cfg: Config, hosts: str | None = None, machine_rank: int | None = None,
+def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
            quiet: bool = False) -> tuple[int, Path]:
     """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
     console = Console(quiet=quiet)
