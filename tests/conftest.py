@@ -1,12 +1,17 @@
-"""Shared helpers: the real `dsim` console script, run directories, and the ../shared data folder."""
+"""Shared helpers: the real `dsim` console script, run directories, the ../shared data folder, and hosts
+made of network namespaces."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,3 +58,42 @@ def mnist_dir() -> Path:
     if not (folder / "mnist" / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found under {folder} (the shared data folder is absent on this machine)")
     return folder
+
+
+def ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+_NAMESPACES = itertools.count()
+
+
+@contextmanager
+def two_namespaces(addresses: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """Two hosts: network namespaces joined by a veth pair, with these addresses (a /24). Skips the test,
+    with the reason, where namespaces cannot be made (not root, no iproute2, no permission)."""
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2's `ip` is not installed")
+    tag = f"{os.getpid() % 100000}{next(_NAMESPACES)}"
+    spaces, links = (f"dsim{tag}a", f"dsim{tag}b"), (f"dv{tag}a", f"dv{tag}b")
+    steps = [
+        ("netns", "add", spaces[0]), ("netns", "add", spaces[1]),
+        ("link", "add", links[0], "type", "veth", "peer", "name", links[1]),
+        ("link", "set", links[0], "netns", spaces[0]), ("link", "set", links[1], "netns", spaces[1]),
+    ]
+    for ns, link, addr in zip(spaces, links, addresses, strict=True):
+        steps += [("-n", ns, "addr", "add", f"{addr}/24", "dev", link), ("-n", ns, "link", "set", link, "up"),
+                  ("-n", ns, "link", "set", "lo", "up")]
+    try:
+        for step in steps:
+            res = ip(*step)
+            if res.returncode != 0:
+                pytest.skip(f"cannot build network namespaces here: `ip {' '.join(step)}`: {res.stderr.strip()}")
+        yield spaces
+    finally:
+        for ns in spaces:
+            ip("netns", "del", ns)
+
+
+def namespace_pids(ns: str) -> set[int]:
+    """The processes living in a network namespace."""
+    return {int(p) for p in ip("netns", "pids", ns).stdout.split()}

@@ -1,13 +1,19 @@
-"""`dsim launch`: run an experiment. Flags override the config file; --set reaches any key."""
+"""`dsim launch`: run an experiment. Flags override the config file; --set reaches any key.
+
+Over many machines, `dsim.engines.decide` tells who starts them (srun, mpirun, SSH from here, or a
+person on each) and which one this is; `--launcher ssh` hands the run to `dsim.ssh`.
+"""
 
 from __future__ import annotations
 
 import sys
 
 import click
+import msgspec
 
 from dsim.config import resolve
 from dsim.data.partitioners import PARTITIONERS, click_options, pop_partition_params
+from dsim.engines import LAUNCHERS, Start, decide, machine_out
 
 
 @click.command("launch")
@@ -20,6 +26,12 @@ from dsim.data.partitioners import PARTITIONERS, click_options, pop_partition_pa
 @click.option("--out", help="Run directory (default runs/<UTC time>-<algorithm>).")
 @click.option("--hosts", type=click.Path(dir_okay=False), help="Hosts file: one 'HOST slots=N' per line.")
 @click.option("--machine-rank", type=int, help="This machine's line in the hosts file (0-based); else detected.")
+@click.option("--launcher", type=click.Choice(LAUNCHERS), default="auto", show_default=True,
+              help="ssh: start every machine of --hosts from here (machine 0); none: this machine only. auto: "
+                   "ssh from the hosts file's first line when no --machine-rank is given and no srun/mpirun "
+                   "started us.")
+@click.option("--ssh-opts", default="", metavar="OPTS", help='Options for ssh, e.g. "-i KEY -p 2222".')
+@click.option("--spawned", is_flag=True, hidden=True, help="Started by --launcher ssh: the run comes on stdin.")
 @click.option("--nodes-per-process", type=int, help="Pack this many asyncio nodes into each process.")
 @click.option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N; --set gpus=0,2 picks GPUs.")
 @click.option("--dataset", help="digits, mnist, fashion-mnist, cifar10 or synthetic.")
@@ -29,18 +41,31 @@ from dsim.data.partitioners import PARTITIONERS, click_options, pop_partition_pa
 @click_options(defaults=False)
 @click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, start nothing.")
 @click.option("--quiet", is_flag=True, help="No progress line or closing table (failures are still shown).")
-def launch(config_file, sets, hosts, machine_rank, quiet, dry_run, dataset, data_dir, download, partition,
-           **flags) -> None:
+def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, quiet, dry_run, dataset, data_dir,
+           download, partition, **flags) -> None:
     """Run node processes on a graph and write the run directory."""
-    data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
-            **pop_partition_params(flags)}
-    cfg = resolve(config_file, {**flags, "data": data}, sets)
+    if spawned:
+        from dsim import ssh
+
+        cfg, shipped = ssh.receive(sys.stdin.fileno())
+        start = Start("none", shipped, machine_rank)
+    else:
+        data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
+                **pop_partition_params(flags)}
+        cfg = resolve(config_file, {**flags, "data": data}, sets)
+        start = decide(launcher, hosts, machine_rank)
+    if start.engine is not None:  # one command line started every machine: keep their run directories apart
+        cfg = msgspec.structs.replace(cfg, out=machine_out(cfg.out, start.engine.rank))
     if dry_run:
         from dsim.dryrun import dry_run as show_plan
 
-        show_plan(cfg, hosts=hosts, machine_rank=machine_rank)
+        show_plan(cfg, hosts=start.hosts, machine_rank=start.machine_rank)
         return
+    if start.launcher == "ssh":
+        from dsim.ssh import launch_over_ssh
+
+        sys.exit(launch_over_ssh(cfg, hosts, ssh_opts, quiet))
     from dsim.launch import launch as run_launch
 
-    code, _ = run_launch(cfg, hosts=hosts, machine_rank=machine_rank, quiet=quiet)
+    code, _ = run_launch(cfg, hosts=start.hosts, machine_rank=start.machine_rank, quiet=quiet)
     sys.exit(code)
