@@ -2,9 +2,9 @@
 
 `Config` declares the core keys and composes the tables each layer declares for itself: `[net]` here,
 `[graph]` in topologies, `[data]` in dsim.data (the dataset and every registered partitioner's
-parameters) and the chosen program's own table. `resolve` merges the raw values and converts them in
-one pass, so every bad key or value, for any program, is refused with one line before anything
-starts. The resolved struct is what nodes read (typed: no casts), what `config.toml` holds and what
+parameters), `[links]` in dsim.links (the emulated links) and the chosen program's own table.
+`resolve` merges the raw values and converts them in one pass, so every bad key or value, for any
+program, is refused with one line before anything starts. The resolved struct is what nodes read (typed: no casts), what `config.toml` holds and what
 the start-up fingerprint hashes, so two machines can only run together when they resolved the same
 experiment.
 """
