@@ -4,9 +4,9 @@
 `[graph]` in topologies, `[data]` in dsim.data (the dataset and every registered partitioner's
 parameters), `[links]` in dsim.links (the emulated links) and the chosen program's own table.
 `resolve` merges the raw values and converts them in one pass, so every bad key or value, for any
-program, is refused with one line before anything starts. The resolved struct is what nodes read (typed: no casts), what `config.toml` holds and what
-the start-up fingerprint hashes, so two machines can only run together when they resolved the same
-experiment.
+program, is refused with one line before anything starts. The resolved struct is what nodes read
+(typed: no casts), what `config.toml` holds and what the start-up fingerprint hashes, so two machines
+can only run together when they resolved the same experiment.
 """
 
 from __future__ import annotations
