@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dsim.churn import ChurnOptions, Schedule, StragglerOptions, draw_schedule, read_trace, schedules, slowdowns
+from dsim.churn import (
+    ChurnOptions,
+    Schedule,
+    StragglerOptions,
+    draw_schedule,
+    read_trace,
+    schedules,
+    slowdowns,
+)
 from dsim.errors import DsimError
 
 
