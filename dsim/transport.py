@@ -35,13 +35,17 @@ import zmq
 import zmq.asyncio
 
 from dsim import wire
+from dsim.churn import Schedule
 from dsim.errors import DsimError
-from dsim.links import Link, LinkTable
+from dsim.links import Link, LinkSpec, LinkTable
 
 _NOBLOCK = int(zmq.NOBLOCK)
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
-ZERO_COPY_FROM = 1 << 16  # a queued snapshot this large goes to the socket zero-copy (smaller ones are copied)
+ZERO_COPY_FROM = 1 << 16  # a message this large waits in its link queue as zmq frames, sent without a copy
 SOON_S = 50e-6  # a link head due sooner than this is checked on the next loop turn, not by a timer
+# Loop timers have millisecond resolution (uvloop rounds to whole ms and can fire up to ~1 ms early):
+# a shorter one fires at once and the early pump would spin. Waits of SOON_S-1 ms may end late by < 1 ms.
+TIMER_FLOOR_S = 1e-3
 _clock = time.monotonic  # the link model's clock: system-wide, so two processes' timestamps compare
 
 
@@ -239,6 +243,8 @@ class Endpoint:
         self._cost_in: dict[int, float] = {}
         self.queued = 0  # messages waiting in this node's link queues (in flight)
         self._idle: asyncio.Event | None = None
+        self._offline: Schedule | None = None  # churn: when this node is offline (None: never)
+        self._t_start = 0.0
         if links is not None:
             out = {n: links.link(rank, n) for n in neighbours}
             cost_in = {n: links.spec(n, rank).cost for n in neighbours}
@@ -378,6 +384,10 @@ class Endpoint:
         peer = self._identity_to_rank.get(identity)
         if peer is None:
             return self._drop("sender is not a neighbour", nbytes, identity)
+        if self._offline is not None and self.offline_now():  # an offline node receives nothing
+            self.counters.lost(nbytes)
+            self.log("lost", reason="receiver offline", kind=header.kind, src=header.src, nbytes=nbytes)
+            return None
         self.counters.received(header.kind, nbytes)
         if self._links is not None:
             self.counters.recv_s += nbytes * self._cost_in[peer]
@@ -409,11 +419,36 @@ class Endpoint:
             self._fast[hop].send_multipart(body, copy=False)
 
     # --- emulated links ------------------------------------------------------------------------
+    def follow_schedule(self, schedule: Schedule) -> None:
+        """Churn: from now (the run's start) this node is offline during the schedule's periods. Its
+        messages then take the link path, even over ideal links."""
+        if not schedule.periods:
+            return
+        self._offline, self._t_start = schedule, _clock()
+        if self._links is None:
+            self._links = {n: Link(LinkSpec(), f"{self.rank}>{n}") for n in self.neighbours}
+            self._cost_in = dict.fromkeys(self.neighbours, 0.0)
+
+    def offline_now(self) -> bool:
+        return self._offline is not None and self._offline.offline_at(_clock() - self._t_start)
+
+    def offline_periods(self) -> list[tuple[float, float]]:
+        """The offline periods that have begun by now (seconds since the start), for the node's log."""
+        if self._offline is None:
+            return []
+        now = _clock() - self._t_start
+        return [(a, min(b, now)) for a, b in self._offline.periods if a <= now]
+
     def _shape(self, hop: int, frames: list, nbytes: int, kind: str, dst: int, relayed: bool) -> None:
         """Put a counted message on the link to `hop`: lost (counted, logged), or handed over at its
-        arrival time, after every message before it on that link. Greetings are never lost."""
+        arrival time, after every message before it on that link. Greetings are never lost; nothing
+        leaves a node that is offline."""
         link = self._links[hop]
         now = _clock()
+        if self._offline is not None and self._offline.offline_at(now - self._t_start):
+            self.counters.lost(nbytes)
+            self.log("lost", reason="sender offline", kind=kind, dst=dst, hop=hop, nbytes=nbytes)
+            return
         arrival, tx, delay = link.admit(nbytes, now, lossy=kind != "hello")
         counters = self.counters
         counters.send_s += tx
@@ -427,7 +462,12 @@ class Endpoint:
             body = frames if relayed or hop not in self._local else _snapshot(frames)
             if self._transmit(hop, body, copy=not relayed):
                 return
-        body, copy = (frames, False) if relayed else (_snapshot(frames), nbytes < ZERO_COPY_FROM)
+        if relayed:
+            body, copy = frames, False  # received buffers: nobody writes to them
+        elif hop in self._local or nbytes < ZERO_COPY_FROM:
+            body, copy = _snapshot(frames), True
+        else:  # zmq's own copy, sent as it is (a large bytes copy handed to zmq costs ms in malloc churn)
+            body, copy = [frames[0], *(zmq.Frame(f, copy=True) for f in frames[1:])], False
         queue.append((arrival, body, copy, nbytes, kind, dst))
         self.queued += 1
         if len(queue) == 1 and link.stall is None:
@@ -463,11 +503,12 @@ class Endpoint:
 
     def _arm(self, hop: int, link: Link, delay: float) -> None:
         """Wake the link's pump when its head is due. A head due within a few loop turns is checked on
-        the next turn instead of through the timer heap (cheaper; `_pump` re-arms if it is early)."""
+        the next turn instead of through the timer heap (cheaper; `_pump` re-arms if it is early);
+        a timer waits at least a millisecond, the loops' resolution, so that an early one cannot spin."""
         if delay < SOON_S:
             link.timer = self._loop.call_soon(self._pump, hop)
         else:
-            link.timer = self._loop.call_later(delay, self._pump, hop)
+            link.timer = self._loop.call_later(max(delay, TIMER_FLOOR_S), self._pump, hop)
 
     async def _unstall(self, hop: int, link: Link) -> None:
         """Send the head of a link whose socket would have blocked, then carry on with the rest."""

@@ -290,6 +290,16 @@ def test_sockets_and_packed_nodes_lose_the_same_messages_with_the_same_seed(tmp_
         assert len(events) == lost[0] and all(e["reason"] == "link loss" and e["dst"] == 2 for e in events)
 
 
+def test_a_message_waiting_in_its_link_queue_holds_its_arrays_as_they_were_at_send(tmp_path) -> None:
+    """The sender overwrites its arrays right after `send` returns, long before the 50 ms arrival."""
+    sets = ["links.latency=50ms"]
+    assert run_program("testprogs.snapshot", nodes=2, topology="full", sets=sets).results[1]["minimums"] == [7.0] * 3
+    res, run_dir = launch(tmp_path, "--nodes", "2", "--topology", "full", "--algorithm", "testprogs.snapshot",
+                          "--quiet", sets=sets)
+    assert res.returncode == 0, res.stderr
+    assert summary(run_dir)["results"]["per_node"]["1"]["minimums"] == [7.0] * 3
+
+
 def test_a_message_still_queued_when_the_drain_gives_up_is_counted_lost_with_its_reason(tmp_path) -> None:
     """1 MB over 1 Mbit/s takes 8 s; the receiver stops waiting at once and the drain gives up after the
     1 s timeout: the message is reported lost (not silently gone) and the run ends with a warning."""
