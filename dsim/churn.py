@@ -123,3 +123,26 @@ def slowdowns(opts: StragglerOptions, seed: int, ranks: Iterable[int]) -> dict[i
             out[int(r)] = float(opts.slowdown)
     out.update({int(k): v for k, v in opts.factors.items()})
     return out
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What churn and stragglers mean for each node of a run: decided once, before anything starts."""
+
+    schedules: Mapping[int, Schedule]
+    slowdowns: Mapping[int, float]
+
+    def schedule(self, rank: int) -> Schedule:
+        return self.schedules.get(rank, Schedule())
+
+    def slowdown(self, rank: int) -> float:
+        return self.slowdowns.get(rank, 1.0)
+
+
+def conditions(churn: ChurnOptions, stragglers: StragglerOptions, seed: int,
+               roles: Mapping[int, str]) -> Conditions | None:
+    """Every node's schedule and slowdown; None when neither churn nor stragglers are configured."""
+    slow = slowdowns(stragglers, seed, roles)
+    if not churn.enabled and all(v == 1.0 for v in slow.values()):
+        return None
+    return Conditions(schedules(churn, seed, roles) if churn.enabled else {}, slow)

@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
+from dsim.churn import ChurnOptions, StragglerOptions
 from dsim.data.options import DataOptions
 from dsim.errors import DsimError
 from dsim.links import LinksOptions
@@ -80,6 +81,8 @@ class Config(Options):
     deterministic: Annotated[bool, Meta(description="bit-reproducible CUDA kernels (same seed and device, same result); false lets cuDNN pick faster ones")] = True
     graph: GraphOptions = msgspec.field(default_factory=GraphOptions)
     net: NetOptions = msgspec.field(default_factory=NetOptions)
+    churn: ChurnOptions = msgspec.field(default_factory=ChurnOptions)
+    stragglers: StragglerOptions = msgspec.field(default_factory=StragglerOptions)
     data: DataOptions = msgspec.field(default_factory=DataOptions)
     links: LinksOptions = msgspec.field(default_factory=LinksOptions)
 

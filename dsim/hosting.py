@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import networkx as nx
 
+from dsim.churn import Conditions, conditions
 from dsim.devices import node_devices, on_device, peak_memory_mb, prepare_process
 from dsim.errors import DsimError
 from dsim.links import LinkTable, build_links
@@ -60,6 +61,12 @@ def link_table(cfg: Config, program: Program, graph: nx.Graph) -> LinkTable | No
     return build_links(cfg.links, graph, cfg.seed, lambda rank: program.role_of(rank, graph))
 
 
+def node_conditions(cfg: Config, program: Program, graph: nx.Graph) -> Conditions | None:
+    """Churn schedules and straggler factors of every node (None: neither configured); a bad trace
+    file is refused here, before anything starts."""
+    return conditions(cfg.churn, cfg.stragglers, cfg.seed, {r: program.role_of(r, graph) for r in graph.nodes})
+
+
 def make_endpoint(ctx: zmq.asyncio.Context | None, cfg: Config, graph: nx.Graph, rank: int,
                   log: NodeLog, links: LinkTable | None = None) -> Endpoint:
     """The node's endpoint, unbound and unconnected; `ctx=None` makes one without sockets, whose
@@ -86,13 +93,29 @@ def load_share(cfg: Config, program: Program, graph: nx.Graph, rank: int,
 
 
 def build_node(program: Program, cfg: Config, graph: nx.Graph, rank: int, endpoint: Endpoint, log: NodeLog,
-               run_dir: Path, data: Any, device: str, process_nodes: int) -> Node:
+               run_dir: Path, data: Any, device: str, process_nodes: int,
+               conditions: Conditions | None = None) -> Node:
     """The rank's role as a Node, with its NodeContext (the config and the program's own option table).
 
-    Constructors do no work: the node starts when `run_node` runs it."""
+    Built at the run's start: its churn schedule (if any) counts from now. Constructors do no work:
+    the node starts when `run_node` runs it."""
+    slowdown = 1.0
+    if conditions is not None:
+        endpoint.follow_schedule(conditions.schedule(rank))
+        slowdown = conditions.slowdown(rank)
     ctx = NodeContext(rank, program.role_of(rank, graph), graph, cfg, endpoint, log, cfg.program_options,
-                      run_dir, data, device, process_nodes)
+                      run_dir, data, device, process_nodes, slowdown)
     return program.roles[ctx.role](ctx)
+
+
+def log_traffic(log: NodeLog, endpoint: Endpoint) -> dict[str, Any]:
+    """The node's closing events: the offline periods it went through (churn), then its traffic."""
+    periods = endpoint.offline_periods()
+    if periods:
+        log.write("offline", periods=[[round(a, 3), round(b, 3)] for a, b in periods])
+    stats = endpoint.counters.as_dict()
+    log.write("traffic", **stats)
+    return stats
 
 
 @dataclass(frozen=True)

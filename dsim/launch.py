@@ -23,13 +23,14 @@ from typing import Any
 import networkx as nx
 
 from dsim import hosts as hostfile
+from dsim.churn import Conditions
 from dsim.config import Config, fingerprint, parse_port_range
 from dsim.console import Console
 from dsim.coordinator import Coordinator, Outcome
 from dsim.devices import check_device
 from dsim.errors import DsimError
 from dsim.follower import follow
-from dsim.hosting import link_table
+from dsim.hosting import link_table, node_conditions
 from dsim.links import LinkTable
 from dsim.options import to_dict
 from dsim.plan import LocalProc, WorkerPlan, plan_workers
@@ -127,6 +128,7 @@ class LaunchPlan:
     host_ip: str
     workers: list[WorkerPlan]
     links: LinkTable | None = None  # the emulated links (None: all ideal), checked against the graph
+    conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
 
     @property
     def mine(self) -> list[WorkerPlan]:
@@ -139,6 +141,7 @@ def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_r
     check_device(cfg.device, cfg.gpus)
     graph = build_graph(cfg, program)
     links = link_table(cfg, program, graph)  # a bad links file is refused here, before any fork
+    node_cond = node_conditions(cfg, program, graph)  # and a bad churn trace
     world = graph.number_of_nodes()
     if hosts:
         machines = hostfile.layout(hostfile.entries(hosts, world), world)
@@ -155,7 +158,7 @@ def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_r
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
     return LaunchPlan(cfg, program, graph, machines, me, host_ip, plan_workers(machines, cfg.nodes_per_process),
-                      links)
+                      links, conditions=node_cond)
 
 
 def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
@@ -187,7 +190,7 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
     write_config(run_dir, cfg)
     t0 = time.time()
     base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
-                t0=t0, first_rank=machines[me].first_rank, links=plan.links)
+                t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions)
     procs = _fork_workers(plan.mine, base)
     console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
                 f"nodes in {len(plans)} processes; results in {run_dir}")

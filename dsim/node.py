@@ -13,6 +13,7 @@ import asyncio
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class NodeContext:
     data: Any = None
     device: str = "cpu"  # where this node's models and tensors live (chosen by the worker after fork)
     process_nodes: int = 1  # nodes hosted by this node's process (torch's thread pool is per process)
+    slowdown: float = 1.0  # straggler factor: offloaded computations take this many times as long
 
 
 class Node:
@@ -215,8 +217,15 @@ class Node:
 
     # --- computation and logging ---------------------------------------------------------------
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a long computation in a thread so the node keeps messaging (torch releases the GIL)."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a long computation in a thread so the node keeps messaging (torch releases the GIL).
+
+        A straggler (`[stragglers]`) then waits out (slowdown - 1) x the time it took: its compute is
+        that much slower as seen by everything else, while it keeps relaying and answering."""
+        start = time.perf_counter()
+        result = await asyncio.to_thread(fn, *args, **kwargs)
+        if self._ctx.slowdown > 1:
+            await asyncio.sleep((self._ctx.slowdown - 1) * (time.perf_counter() - start))
+        return result
 
     def use_all_cores(self) -> None:
         """Let torch use every core of the machine from now on, when no other node shares this process.

@@ -133,6 +133,10 @@ def to_dict(options: Options) -> dict[str, Any]:
 
 
 def _toml_value(value: Any) -> str:
+    """One value as TOML; a mapping as an inline table (a key's value, never a [table] of its own)."""
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return f"{{ {items} }}" if items else "{}"
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 

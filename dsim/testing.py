@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import networkx as nx
 
+from dsim.churn import Conditions
 from dsim.config import (
     Config,
     resolve,
@@ -47,7 +48,9 @@ from dsim.hosting import (
     link_table,
     load_share,
     log_start,
+    log_traffic,
     make_endpoint,
+    node_conditions,
     open_log,
     place_nodes,
     run_node,
@@ -143,6 +146,7 @@ class _Setup:
     graph: nx.Graph
     run_dir: Path
     links: LinkTable | None
+    conditions: Conditions | None
 
     @classmethod
     def make(cls, algorithm: str | Program, nodes: int | None, topology: str | None, sets: Iterable[str],
@@ -158,12 +162,13 @@ class _Setup:
             program = load_program(cfg.algorithm)
         graph = build_graph(cfg, program)
         links = link_table(cfg, program, graph)
+        node_cond = node_conditions(cfg, program, graph)
         folder = Path(run_dir) if run_dir is not None else _session_dir()
         if (folder / "nodes").is_dir() and any((folder / "nodes").iterdir()):
             raise DsimError(f"{folder} already holds a run's node logs; choose another run_dir")
         folder.mkdir(parents=True, exist_ok=True)
         write_config(folder, cfg)
-        return cls(program, cfg, graph, folder, links)
+        return cls(program, cfg, graph, folder, links, node_cond)
 
     def role(self, rank: int) -> str:
         return self.program.role_of(rank, self.graph)
@@ -192,13 +197,11 @@ class _Setup:
             await asyncio.gather(*(ep.say_hello(max(deadline - loop.time(), 0.0)) for ep in endpoints.values()))
             for rank in ranks:
                 node = build_node(program, cfg, graph, rank, endpoints[rank], logs[rank], self.run_dir,
-                                  data.get(rank), devices[rank], len(ranks))
+                                  data.get(rank), devices[rank], len(ranks), self.conditions)
                 tasks[loop.create_task(run_node(node, logs[rank], devices[rank]), name=f"dsim-node-{rank}")] = rank
             results = await self._finish(tasks, endpoints, deadline, timeout)
             await _settle(endpoints, deadline)
-            traffic = {rank: ep.counters.as_dict() for rank, ep in endpoints.items()}
-            for rank, stats in traffic.items():
-                logs[rank].write("traffic", **stats)
+            traffic = {rank: log_traffic(logs[rank], ep) for rank, ep in endpoints.items()}
         finally:
             await _cancel(list(tasks))
             for ep in endpoints.values():

@@ -27,12 +27,14 @@ import zmq
 import zmq.asyncio
 
 from dsim import control
+from dsim.churn import Conditions
 from dsim.config import Config
 from dsim.hosting import (
     build_node,
     describe,
     load_share,
     log_start,
+    log_traffic,
     make_endpoint,
     open_log,
     place_nodes,
@@ -62,6 +64,7 @@ class WorkerSpec:
     threads: int
     first_rank: int = 0  # this machine's first rank: a node's local rank picks its GPU
     links: LinkTable | None = None  # the emulated links, resolved by the launcher (None: all ideal)
+    conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
 
 
 class CoordinatorLost(Exception):
@@ -197,7 +200,7 @@ class Worker:
         self.beats.start()
         for rank in spec.ranks:
             node = build_node(spec.program, cfg, spec.graph, rank, self.endpoints[rank], self.logs[rank],
-                              spec.run_dir, data.get(rank), self.devices[rank], len(spec.ranks))
+                              spec.run_dir, data.get(rank), self.devices[rank], len(spec.ranks), spec.conditions)
             self.tasks.append(loop.create_task(self._run_node(node)))
         await self._control_loop()
 
@@ -225,8 +228,7 @@ class Worker:
         nodes = {}
         for rank, ep in self.endpoints.items():
             ep.discard_queued("the run stopped with the message in its link queue")
-            stats = ep.counters.as_dict()
-            self.logs[rank].write("traffic", **stats)
+            stats = log_traffic(self.logs[rank], ep)
             nodes[rank] = {"role": self.roles[rank], "host": self.spec.host, **stats}
         await self._send(control.Final(name=self.spec.name, nodes=nodes))
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+
 import pytest
 
+from conftest import REPO, dsim_script, node_events, summary
 from dsim.churn import (
     ChurnOptions,
     Schedule,
@@ -14,6 +19,7 @@ from dsim.churn import (
     slowdowns,
 )
 from dsim.errors import DsimError
+from dsim.testing import run_program
 
 
 def test_a_drawn_schedule_is_offline_for_the_configured_share_and_repeats_with_its_seed() -> None:
@@ -68,3 +74,51 @@ def test_straggler_factors_draw_the_share_and_take_overrides() -> None:
     assert got[0] == 2.0 and sorted(got.values()).count(3.0) in (2, 3)
     with pytest.raises(DsimError, match="'12', which is not a rank"):
         slowdowns(StragglerOptions(factors={"12": 2.0}), 0, range(10))
+
+
+# --- in a run ---------------------------------------------------------------------------------------
+
+
+def test_an_offline_node_neither_sends_nor_receives_and_the_others_go_on(tmp_path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("rank,start,end\n1,0,1000\n")
+    run = run_program("gossip", nodes=4, topology="ring", timeout=60,
+                      sets=["rounds=3", "gossip.dim=8", "gossip.round_timeout=0.3", f"churn.trace='{trace}'"])
+    heard = {r: [len([e for e in run.events(r, "missing") if e["round"] == k]) for k in range(3)] for r in range(4)}
+    # node 1 hears nobody; its neighbours 0 and 2 miss exactly node 1 every round (node 3, waiting on
+    # them while they wait out node 1, may time out too: that depends on timing, so it is not checked)
+    assert heard[1] == [2, 2, 2] and heard[0] == [1, 1, 1] and heard[2] == [1, 1, 1]
+    assert run.traffic[1]["msgs_recv"] == 2 and run.traffic[1]["msgs_lost"] == 12  # 6 out, 6 in; 2 hellos
+    assert [e["periods"][0][0] for e in run.logs[1] if e["event"] == "offline"] == [0.0]
+
+
+def test_a_straggler_computes_slower(tmp_path) -> None:
+    run = run_program("testprogs.slow_compute", nodes=3, topology="ring", sets=['stragglers.factors={"1" = 3.0}'])
+    assert run.results[1]["seconds"] >= 0.6 and run.results[0]["seconds"] >= 0.2
+
+
+def _dpsgd_with_churn(out) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [dsim_script(), "launch", "--nodes", "4", "--topology", "ring", "--algorithm", "dpsgd", "--out", str(out),
+         "--seed", "3", "--set", "rounds=8", "--set", "dpsgd.local_steps=1", "--set", "dpsgd.batch=8",
+         "--set", "dpsgd.width=8", "--set", "dpsgd.test_subset=50", "--set", "dpsgd.round_timeout=0.5",
+         "--set", "churn.offline_fraction=0.3", "--set", "churn.mean_offline=0.6", "--quiet"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+
+
+def test_dpsgd_on_a_ring_with_churn_finishes_and_its_schedule_repeats(tmp_path) -> None:
+    periods = {}
+    for name in ("a", "b"):
+        proc = _dpsgd_with_churn(tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+        assert summary(tmp_path / name)["status"] == "ok"
+        periods[name] = {r: next(e["periods"] for e in node_events(tmp_path / name, r) if e["event"] == "offline")
+                         for r in range(4)}
+        with open(tmp_path / name / "bandwidth.csv") as fh:
+            assert sum(int(row["msgs_lost"]) for row in csv.DictReader(fh)) > 0
+    for r in range(4):
+        drawn = draw_schedule(ChurnOptions(offline_fraction=0.3, mean_offline=0.6), seed=3, rank=r).periods
+        for name in ("a", "b"):  # each run went through the same schedule, up to where it ended
+            logged = periods[name][r]
+            assert [p[0] for p in logged] == [round(p[0], 3) for p in drawn[:len(logged)]]
+            assert all(b <= round(p[1], 3) for (_, b), p in zip(logged, drawn, strict=False))
