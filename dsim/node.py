@@ -235,6 +235,11 @@ class Node:
         if self._ctx.process_nodes == 1 and "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(os.cpu_count() or 1)
 
+    def elapsed(self) -> float:
+        """Seconds since the run was launched, on the clock of the node's log (every event's "t"):
+        what results carry so that accuracy can be plotted against time."""
+        return round(time.time() - self._ctx.log.t0, 4)
+
     def log(self, **metrics: Any) -> None:
         """Record metrics (e.g. round=3, loss=0.2) in this node's jsonl log."""
         self._ctx.log.write("metric", **metrics)

@@ -111,6 +111,7 @@ class Server(Node):
             "accuracy_std": score["std"],
             "accuracies": score["accuracies"],
             "num_eval_models": opts.eval_models,
+            "finished_t": self.elapsed(),  # seconds since launch: the time this accuracy was reached
             "union_images": len(union_x),
             "synthetic_images": len(syn_x),
             "clients_answered": len(replies),

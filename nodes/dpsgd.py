@@ -58,6 +58,7 @@ class Peer(Node):
             entry: dict[str, Any] = {"round": rnd, "loss": loss, "neighbours_heard": len(got)}
             if (rnd + 1) % eval_every == 0 or rnd == rounds - 1:
                 accuracy = entry["accuracy"] = await self.offload(global_accuracy, model, params, data, subset)
+            entry["t"] = self.elapsed()
             self.log(**entry)
             history.append(entry)
         return {"accuracy": accuracy, "degree": len(self.neighbours), "samples": len(data.train_x),

@@ -142,6 +142,7 @@ class Server(Node):
                                      "loss": float(np.mean([r["loss"] for r in replies.values()] or [np.nan]))}
             if (rnd + 1) % eval_every == 0 or rnd == rounds - 1:
                 entry["accuracy"] = await self.offload(global_accuracy, model, params, data, subset)
+            entry["t"] = self.elapsed()
             self.log(**entry)
             history.append(entry)
         await self.broadcast("global", {"round": rounds, "stop": True}, dsts=self.clients)

@@ -205,6 +205,7 @@ class Server(Node):
             **result,
             "mode": opts.mode,
             "num_eval_models": opts.eval_models,
+            "finished_t": self.elapsed(),  # seconds since launch: the time this accuracy was reached
             "synthetic_images": len(syn_x),
             "class_counts": np.bincount(syn_y.cpu().numpy(), minlength=ds.num_classes).tolist(),
             "clients_answered": len(replies),

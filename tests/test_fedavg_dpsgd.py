@@ -35,6 +35,8 @@ def test_fedavg_client_bytes_are_rounds_times_two_models_and_it_learns() -> None
     res = run.summary
     assert res["rounds"] == 3 and len(res["history"]) == 3
     assert all(h["clients"] == 3 for h in res["history"])
+    times = [h["t"] for h in res["history"]]  # seconds since launch: accuracy against time
+    assert times == sorted(times) and times[0] > 0
     assert res["accuracy"] > 0.3  # chance is 0.1
     expected = 3 * 2 * res["model_bytes"]
     for rank in (1, 2, 3):
