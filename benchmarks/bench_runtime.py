@@ -10,6 +10,9 @@ a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm 
    CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
    on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same
    pattern, this machine): ~31-41k msgs/s at 1 KB, ~600 msgs/s at 1 MB, 0.15 s connection set-up.
+   Two more rows switch the emulated links on (`links.bandwidth=10Gbit`, no latency: every message
+   goes through its link's queue and timer but is hardly delayed), one process per node and all 8 in
+   one process: `links_cost_cpu_us_per_msg` is what the link layer adds per message.
 b. Start-up of gossip runs: summary startup_s and the wall time of the whole `dsim launch` command.
 c. Growing gossip runs packed 100 nodes per process until the first failure, with peak memory.
 """
@@ -306,11 +309,12 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
     out: dict[str, Any] = {}
     for label, (size, rounds) in sizes.items():
         def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1,
-                     loop: str = "auto") -> dict[str, Any]:
+                     loop: str = "auto", links: str = "") -> dict[str, Any]:
             run = run_dsim(fresh_dir(tmp, "exchange"),
                            ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
                             "--nodes-per-process", str(per_process), "--set", f"net.event_loop={loop}",
-                            "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}"])
+                            "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}",
+                            *(["--set", f"links.bandwidth={links}"] if links else [])])
             res = run["results"]
             if run["exit_code"] != 0 or "msgs_per_s" not in res:
                 raise RuntimeError(f"dsim exchange run failed: {run['error']}")
@@ -330,9 +334,15 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
                  "dsim_packed": best_of(repeats, lambda: dsim_run(per_process=4)),
                  # all 8 in one process: every message in memory, one core
                  "dsim_one_process": best_of(repeats, lambda: dsim_run(per_process=8)),
+                 # the same two layouts' extremes with every link emulated at 10 Gbit/s, no latency
+                 "dsim_links": best_of(repeats, lambda: dsim_run(links="10Gbit")),
+                 "dsim_one_process_links": best_of(repeats, lambda: dsim_run(per_process=8, links="10Gbit")),
                  "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
                  "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
         entry["dsim_vs_pyzmq_sync"] = round(entry["dsim"]["msgs_per_s"] / entry["pyzmq_sync"]["msgs_per_s"], 3)
+        entry["links_cost_cpu_us_per_msg"] = {
+            layout: round(entry[f"{base}_links"]["cpu_us_per_msg"] - entry[base]["cpu_us_per_msg"], 1)
+            for layout, base in (("process_per_node", "dsim"), ("one_process", "dsim_one_process"))}
         out[label] = entry
     return out
 
@@ -388,18 +398,19 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 # --- report ----------------------------------------------------------------------------------
 
 
-IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "pyzmq_sync", "pyzmq_asyncio")
+IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "dsim_links",
+                   "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio")
 
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"machine: {report['machine']['cpu_count']} CPUs, python {report['machine']['python']}, "
           f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
-    print(f"\n{'ring of 8, lock-step':<26}{'msgs/s':>10}{'median':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
+    print(f"\n{'ring of 8, lock-step':<32}{'msgs/s':>10}{'median':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
     for label, entry in report["throughput"].items():
         for impl in IMPLEMENTATIONS:
             r = entry[impl]
             setup = r.get("startup_s", r.get("connection_setup_s"))
-            print(f"{label + ' ' + impl:<26}{r['msgs_per_s']:>10.0f}{r['median']:>10.0f}{r['mb_per_s']:>9.1f}"
+            print(f"{label + ' ' + impl:<32}{r['msgs_per_s']:>10.0f}{r['median']:>10.0f}{r['mb_per_s']:>9.1f}"
                   f"{r['cpu_us_per_msg']:>12.1f}{setup:>10.3f}")
     print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
     for label, r in report["startup"].items():
