@@ -67,7 +67,11 @@ def launch(dsim: Path, run_dir: Path, args: list[str]) -> dict:
     summary["client_bytes"] = statistics.fmean(int(r["bytes_sent"]) + int(r["bytes_recv"]) for r in clients)
     summary["client_send_s"] = statistics.fmean(float(r["send_s"]) for r in clients)
     events = [json.loads(x) for x in (run_dir / "nodes" / "0.jsonl").read_text().splitlines() if x.strip()]
-    summary["curve"] = [(e["t"], e["accuracy"]) for e in events if e["event"] == "metric" and "accuracy" in e]
+    # Round-based programs: the accuracy after each round; one-shot ones: the final score, when reached.
+    summary["curve"] = [(e["t"], e["accuracy"]) for e in events
+                        if e["event"] == "metric" and "round" in e and "accuracy" in e]
+    if not summary["curve"] and "finished_t" in summary["results"]:
+        summary["curve"] = [(summary["results"]["finished_t"], accuracy(summary))]
     return summary
 
 
