@@ -128,8 +128,17 @@ def fields(cls: type[Options]) -> list[Field]:
 
 
 def to_dict(options: Options) -> dict[str, Any]:
-    """Plain nested values (what config.toml holds and the fingerprint hashes)."""
-    return msgspec.to_builtins(options)
+    """Plain nested values (what config.toml holds and the fingerprint hashes); sequences become lists,
+    as TOML and msgpack give them back, so a config compares equal to itself after a round trip."""
+    return _lists(msgspec.to_builtins(options))
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
 
 
 def _toml_value(value: Any) -> str:
