@@ -16,12 +16,12 @@ and against client bytes, one panel per uplink).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+import runs  # examples/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 COMMON = ["--nodes", "10", "--topology", "star", "--seed", "0", "--set", "data.partition='dirichlet'",
@@ -53,19 +53,9 @@ ALGORITHMS = {
 
 
 def launch(dsim: Path, run_dir: Path, args: list[str]) -> dict:
-    """One `dsim launch`; its summary, mean client bytes and send seconds, and the server's metrics."""
-    if (run_dir / "summary.json").exists():  # resumable: a finished run is read, not run again
-        print(f"# {run_dir} done before", flush=True)
-    else:
-        cmd = [str(dsim), "launch", *args, "--out", str(run_dir), "--quiet"]
-        print("$", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise SystemExit(f"{run_dir} failed; see its summary.json")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    with open(run_dir / "bandwidth.csv") as fh:
-        clients = [r for r in csv.DictReader(fh) if r["role"] == "client"]
-    summary["client_bytes"] = statistics.fmean(int(r["bytes_sent"]) + int(r["bytes_recv"]) for r in clients)
-    summary["client_send_s"] = statistics.fmean(float(r["send_s"]) for r in clients)
+    """One resumable `dsim launch`; adds the clients' mean emulated send seconds and the server's curve."""
+    summary = runs.launch(dsim, run_dir, args, resume=True)
+    summary["client_send_s"] = statistics.fmean(float(r["send_s"]) for r in summary["client_rows"])
     events = [json.loads(x) for x in (run_dir / "nodes" / "0.jsonl").read_text().splitlines() if x.strip()]
     # Round-based programs: the accuracy after each round; one-shot ones: the final score, when reached.
     summary["curve"] = [(e["t"], e["accuracy"]) for e in events

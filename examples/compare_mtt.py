@@ -18,13 +18,13 @@ OUT/comparison.md and OUT/comparison.json; each run's directory is OUT/<run name
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import runs  # examples/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 DATA_KEYS = ("dataset", "partition", "shards", "beta", "min_size", "class_floor", "val_fraction")
@@ -51,14 +51,7 @@ def cell_settings(mode: str, shards: int, ipc: int, expert_train_epochs: int) ->
 def launch(dsim: Path, name: str, out: Path, args: list[str]) -> dict:
     """One `dsim launch`; returns its summary plus the mean client bytes (sent + received)."""
     run_dir = out / name
-    cmd = [str(dsim), "launch", *args, "--out", str(run_dir), "--quiet"]
-    print("$", " ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        raise SystemExit(f"{name} failed; see {run_dir}/summary.json")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    with open(run_dir / "bandwidth.csv") as fh:
-        clients = [r for r in csv.DictReader(fh) if r["role"] == "client"]
-    summary["client_bytes"] = statistics.fmean(int(r["bytes_sent"]) + int(r["bytes_recv"]) for r in clients)
+    summary = runs.launch(dsim, run_dir, args)
     summary["config"] = tomllib.loads((run_dir / "config.toml").read_text())
     return summary
 
