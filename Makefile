@@ -26,6 +26,7 @@ test: setup
 # Figures go to benchmarks/results/*.json.
 bench: setup
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_dm.py
 	$(BIN)/python benchmarks/bench_mtt.py

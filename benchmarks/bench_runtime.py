@@ -1,20 +1,27 @@
-"""Runtime benchmark: transport throughput beside bare pyzmq, start-up time, and the largest gossip run.
+"""Runtime benchmark: transport throughput beside DecentralizePy and bare pyzmq, start-up time, and the
+largest gossip run.
 
-Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick]
-Writes benchmarks/results/runtime.json (runtime-quick.json with --quick) and prints a table.
+Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick] [--only throughput startup largest]
+Writes benchmarks/results/runtime.json (runtime-quick.json with --quick; a suffix naming the parts with
+--only) and prints a table; part a also writes its dsim-vs-DecentralizePy table as markdown next to it
+(transport-vs-decentralizepy.md).
 
 a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm exchange`) in four
    layouts: one process per node on uvloop (the default) and on asyncio's own loop; 4 nodes per process
-   (one process per core; neighbours in a process talk in memory); all 8 in one process. Beside them,
-   bare pyzmq doing the same pattern in 8 forked processes, with blocking sockets and with zmq.asyncio.
+   (one process per core; neighbours in a process talk in memory); all 8 in one process. The anchor is
+   DecentralizePy's own TCP layer doing the same pattern (../shared/anchor-bench/bench_comm.py, skipped
+   where that folder is missing): each repeat of the one-process-per-node and 4-per-process layouts is
+   followed straight by an anchor run, and the ratio of the two is kept per repeat, because the speed of
+   a shared machine drifts by tens of percent between minutes. Beside them, bare pyzmq doing the same
+   pattern in 8 forked processes, with blocking sockets and with zmq.asyncio.
    CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
-   on a shared machine it is steadier than the wall-clock rates. Reference (DecentralizePy, same
-   pattern, this machine): ~31-41k msgs/s at 1 KB, ~600 msgs/s at 1 MB, 0.15 s connection set-up.
+   on a shared machine it is steadier than the wall-clock rates.
    Two more rows switch the emulated links on (`links.bandwidth=10Gbit`, no latency: every message
    goes through its link's queue and timer but is hardly delayed), one process per node and all 8 in
    one process: `links_cost_cpu_us_per_msg` is what the link layer adds per message.
 b. Start-up of gossip runs: summary startup_s and the wall time of the whole `dsim launch` command.
 c. Growing gossip runs packed 100 nodes per process until the first failure, with peak memory.
+   benchmarks/bench_scale.py climbs further (to 20k nodes, one worker process per core).
 """
 
 from __future__ import annotations
@@ -41,12 +48,13 @@ import msgpack
 import psutil
 import zmq
 import zmq.asyncio
-from results_file import write_results  # benchmarks/ is the script's folder
+from results_file import git_commit, write_results  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DSIM = Path(sys.executable).with_name("dsim")
-REFERENCE = {"source": "DecentralizePy communication layer, same ring pattern, measured on this machine",
-             "msgs_per_s_1KB": [31000, 41000], "msgs_per_s_1MB": 600, "connection_setup_s": 0.15}
+ANCHOR = ROOT.parent / "shared" / "anchor-bench" / "bench_comm.py"
+# the layouts that alternate with the anchor: report key -> (nodes per process, name in the tables)
+PAIRED = {"dsim": (1, "one process per node"), "dsim_packed": (4, "4 nodes per process")}
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -123,6 +131,21 @@ class MemorySampler:
         self.peak_procs = max(self.peak_procs, len(procs))
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a process and all its descendants: an orphaned worker would hold the output pipe open."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    proc.kill()  # reaped by its Popen, which keeps the exit code
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(descendants, timeout=30)
+
+
 def fresh_dir(tmp: Path, prefix: str) -> Path:
     """A run directory path that no earlier run used (dsim refuses to overwrite a finished run)."""
     return Path(tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-")) / "run"
@@ -133,20 +156,25 @@ def run_dsim(out: Path, args: list[str], timeout: float = 300.0) -> dict[str, An
     cmd = [str(DSIM), "launch", "--quiet", "--out", str(out), *args]
     cpu0, start = children_cpu(), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timed_out = False
     with MemorySampler(proc.pid) as mem:
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            timed_out = True
+            kill_tree(proc)
             output, _ = proc.communicate()
     wall = time.perf_counter() - start
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     failures = summary.get("failures") or []
-    error = "; ".join(f["reason"] for f in failures) or (output.strip().splitlines() or [""])[-1]
+    last = (output.strip().splitlines() or [""])[-1]
+    error = "; ".join(f["reason"] for f in failures) or last or f"exit code {proc.returncode}, no output"
+    if timed_out:
+        error = f"timed out after {timeout:.0f} s" + (f"; last output: {last}" if last else "")
     return {
         "exit_code": proc.returncode,
-        "status": summary.get("status", "no summary"),
+        "status": "timed out" if timed_out else summary.get("status", "no summary"),
         "error": error if proc.returncode else None,
         "command_wall_s": round(wall, 3),
         "timings": summary.get("timings", {}),
@@ -294,18 +322,58 @@ def run_baseline(n: int, rounds: int, size: int, use_asyncio: bool) -> dict[str,
     }
 
 
+# --- DecentralizePy anchor -------------------------------------------------------------------
+
+
+def anchor_facts() -> dict[str, Any]:
+    """What the report says about the anchor: where it is, or why it was skipped."""
+    if not ANCHOR.exists():
+        return {"skipped": f"{ANCHOR.parent} not found (it is not part of dsim)"}
+    return {"source": "DecentralizePy's TCP communication layer, unmodified (see its README.md), same ring "
+                      "pattern, run right after each dsim run of the same size in this benchmark",
+            "script": str(ANCHOR)}
+
+
+def run_anchor(rounds: int, size: int) -> dict[str, Any]:
+    """One run of DecentralizePy's transport: 8 processes on a ring, lock-step, as dsim's exchange."""
+    cmd = [sys.executable, str(ANCHOR), "--nodes", "8", "--msgs", str(rounds), "--size", str(size),
+           "--mode", "lockstep"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        error = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise RuntimeError(f"DecentralizePy anchor run failed: {error}")
+    res = json.loads(lines[-1])
+    return {"msgs": res["msgs_delivered"], "seconds": res["data_wall_s"], "msgs_per_s": res["msgs_per_s"],
+            "wire_mb_per_s": res["MB_per_s"], "connection_setup_s": res["setup_s"],
+            "command_wall_s": round(wall, 3)}
+
+
 # --- the three parts -------------------------------------------------------------------------
 
 
-def best_of(repeats: int, fn: Callable[[], dict[str, Any]], key: str = "msgs_per_s") -> dict[str, Any]:
+def best(runs: list[dict[str, Any]], key: str = "msgs_per_s") -> dict[str, Any]:
     """The best of a few repeats: other jobs on a shared machine only ever slow a run down."""
-    runs = [fn() for _ in range(repeats)]
-    best = max(runs, key=lambda r: r.get(key) or 0.0)
+    top = max(runs, key=lambda r: r.get(key) or 0.0)
     values = [r.get(key) for r in runs]
-    return {**best, "repeats": values, "median": statistics.median(v or 0.0 for v in values)}
+    return {**top, "repeats": values, "median": statistics.median(v or 0.0 for v in values)}
 
 
-def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
+def best_of(repeats: int, fn: Callable[[], dict[str, Any]], key: str = "msgs_per_s") -> dict[str, Any]:
+    return best([fn() for _ in range(repeats)], key)
+
+
+def ratios(dsim_runs: list[dict[str, Any]], anchor_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """dsim's rate over DecentralizePy's, per back-to-back pair (above 1: dsim is faster)."""
+    per_repeat = [round(d["msgs_per_s"] / a["msgs_per_s"], 3) for d, a in zip(dsim_runs, anchor_runs, strict=True)]
+    return {"dsim_msgs_per_s": [r["msgs_per_s"] for r in dsim_runs],
+            "decentralizepy_msgs_per_s": [r["msgs_per_s"] for r in anchor_runs],
+            "ratio": per_repeat, "median_ratio": round(statistics.median(per_repeat), 3)}
+
+
+def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, anchor: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, (size, rounds) in sizes.items():
         def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1,
@@ -326,12 +394,19 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
                 "cpu_us_per_msg": round(run["exchange_cpu_s"] / per_process / res["msgs"] * 1e6, 1),
             }
 
+        # dsim run, anchor run, dsim run, anchor run, ...: each ratio compares runs seconds apart
+        dsim_runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in PAIRED}
+        anchor_runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in PAIRED}
+        for _ in range(repeats):
+            for impl, (per_process, _name) in PAIRED.items():
+                dsim_runs[impl].append(dsim_run(per_process=per_process))
+                if anchor:
+                    anchor_runs[impl].append(run_anchor(rounds, size))
         entry = {"bytes": size, "rounds": rounds, "nodes": 8, "topology": "ring",
-                 # one process per node, on uvloop (the default when installed) and on asyncio's own loop
-                 "dsim": best_of(repeats, dsim_run),
+                 # one process per node, on uvloop (the default when installed), and 4 nodes per process:
+                 # one process per core; ring neighbours in a process talk in memory
+                 **{impl: best(runs) for impl, runs in dsim_runs.items()},
                  "dsim_asyncio_loop": best_of(repeats, lambda: dsim_run(loop="asyncio")),
-                 # 4 nodes per process: one process per core; ring neighbours in a process talk in memory
-                 "dsim_packed": best_of(repeats, lambda: dsim_run(per_process=4)),
                  # all 8 in one process: every message in memory, one core
                  "dsim_one_process": best_of(repeats, lambda: dsim_run(per_process=8)),
                  # the same two layouts' extremes with every link emulated at 10 Gbit/s, no latency
@@ -339,6 +414,9 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> di
                  "dsim_one_process_links": best_of(repeats, lambda: dsim_run(per_process=8, links="10Gbit")),
                  "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
                  "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
+        if anchor:
+            entry["decentralizepy"] = best([run for runs in anchor_runs.values() for run in runs])
+            entry["vs_decentralizepy"] = {impl: ratios(dsim_runs[impl], anchor_runs[impl]) for impl in PAIRED}
         entry["dsim_vs_pyzmq_sync"] = round(entry["dsim"]["msgs_per_s"] / entry["pyzmq_sync"]["msgs_per_s"], 3)
         entry["links_cost_cpu_us_per_msg"] = {
             layout: round(entry[f"{base}_links"]["cpu_us_per_msg"] - entry[base]["cpu_us_per_msg"], 1)
@@ -351,7 +429,7 @@ def startup(tmp: Path, cases: dict[str, tuple[int, int]], repeats: int) -> dict[
     out = {}
     for label, (nodes, per_process) in cases.items():
         def one(nodes: int = nodes, per_process: int = per_process, label: str = label) -> dict[str, Any]:
-            run = run_dsim(fresh_dir(tmp, "startup"), _gossip_args(nodes, per_process, rounds=2))
+            run = run_dsim(fresh_dir(tmp, "startup"), gossip_args(nodes, per_process, rounds=2))
             if run["exit_code"] != 0:
                 raise RuntimeError(f"start-up run {label} failed: {run['error']}")
             return {"nodes": nodes, "nodes_per_process": per_process, "startup_s": run["timings"].get("startup_s"),
@@ -365,7 +443,7 @@ def startup(tmp: Path, cases: dict[str, tuple[int, int]], repeats: int) -> dict[
     return out
 
 
-def _gossip_args(nodes: int, per_process: int, rounds: int, extra: tuple[str, ...] = ()) -> list[str]:
+def gossip_args(nodes: int, per_process: int, rounds: int, extra: tuple[str, ...] = ()) -> list[str]:
     args = ["--algorithm", "gossip", "--topology", "regular", "--nodes", str(nodes),
             "--nodes-per-process", str(per_process), "--set", "graph.degree=4",
             "--set", f"rounds={rounds}", "--set", "gossip.dim=10"]
@@ -380,7 +458,7 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
     runs, completed = [], None
     for nodes in sizes:
         for extra in ((), ("net.heartbeat_timeout=60",)):
-            run = run_dsim(fresh_dir(tmp, f"scale-{nodes}"), _gossip_args(nodes, per_process, 5, extra),
+            run = run_dsim(fresh_dir(tmp, f"scale-{nodes}"), gossip_args(nodes, per_process, 5, extra),
                            timeout=600)
             runs.append({"nodes": nodes, "nodes_per_process": per_process, "settings": list(extra),
                          **{k: run[k] for k in ("exit_code", "status", "error", "command_wall_s", "timings",
@@ -399,34 +477,94 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 
 
 IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "dsim_links",
-                   "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio")
+                   "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio", "decentralizepy")
+PARTS = ("throughput", "startup", "largest")
+
+
+def _size_name(nbytes: int) -> str:
+    return f"{nbytes >> 20} MB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KB"
+
+
+def ratio_rows(throughput: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(row name, ratios) for every size and paired layout, as the ratio tables show them."""
+    return [(f"{_size_name(entry['bytes'])}, {name}", entry["vs_decentralizepy"][impl])
+            for entry in throughput.values() for impl, (_per_process, name) in PAIRED.items()]
 
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"machine: {report['machine']['cpu_count']} CPUs, python {report['machine']['python']}, "
           f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
+    if "throughput" in report:
+        _print_throughput(report)
+    if "startup" in report:
+        print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
+        for label, r in report["startup"].items():
+            print(f"{label:<22}{r['startup_s']:>10.3f}{r['command_wall_s']:>15.2f}{r['peak_rss_mb']:>9.0f}"
+                  f"{r['peak_pss_mb']:>9.0f}")
+    if "largest" in report:
+        print(f"\n{'largest gossip run':<22}{'status':>10}{'wall s':>9}{'RSS MB':>9}{'PSS MB':>9}  settings")
+        for r in report["largest"]["runs"]:
+            print(f"{str(r['nodes']) + ' nodes':<22}{r['status']:>10}{r['command_wall_s']:>9.1f}"
+                  f"{r['peak_rss_mb']:>9.0f}{r['peak_pss_mb']:>9.0f}  {' '.join(r['settings']) or 'defaults'}")
+            if r["error"]:
+                print(f"    error: {r['error'][:160]}")
+
+
+def _print_throughput(report: dict[str, Any]) -> None:
     print(f"\n{'ring of 8, lock-step':<32}{'msgs/s':>10}{'median':>10}{'MB/s':>9}{'CPU us/msg':>12}{'set-up s':>10}")
     for label, entry in report["throughput"].items():
-        for impl in IMPLEMENTATIONS:
+        for impl in (i for i in IMPLEMENTATIONS if i in entry):
             r = entry[impl]
             setup = r.get("startup_s", r.get("connection_setup_s"))
-            print(f"{label + ' ' + impl:<32}{r['msgs_per_s']:>10.0f}{r['median']:>10.0f}{r['mb_per_s']:>9.1f}"
-                  f"{r['cpu_us_per_msg']:>12.1f}{setup:>10.3f}")
-    print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
-    for label, r in report["startup"].items():
-        print(f"{label:<22}{r['startup_s']:>10.3f}{r['command_wall_s']:>15.2f}{r['peak_rss_mb']:>9.0f}"
-              f"{r['peak_pss_mb']:>9.0f}")
-    print(f"\n{'largest gossip run':<22}{'status':>10}{'wall s':>9}{'RSS MB':>9}{'PSS MB':>9}  settings")
-    for r in report["largest"]["runs"]:
-        print(f"{str(r['nodes']) + ' nodes':<22}{r['status']:>10}{r['command_wall_s']:>9.1f}"
-              f"{r['peak_rss_mb']:>9.0f}{r['peak_pss_mb']:>9.0f}  {' '.join(r['settings']) or 'defaults'}")
-        if r["error"]:
-            print(f"    error: {r['error'][:160]}")
+            cpu = f"{r['cpu_us_per_msg']:.1f}" if "cpu_us_per_msg" in r else "-"  # the anchor's is not measured
+            print(f"{label + ' ' + impl:<32}{r['msgs_per_s']:>10.0f}{r['median']:>10.0f}"
+                  f"{r.get('mb_per_s', r.get('wire_mb_per_s')):>9.1f}{cpu:>12}{setup:>10.3f}")
+    if "skipped" in report["anchor"]:
+        print(f"\nDecentralizePy anchor skipped: {report['anchor']['skipped']}")
+        return
+    print("\ndsim vs DecentralizePy, back to back (ratio: dsim msgs/s over DecentralizePy's)")
+    rows = [(name, " ".join(f"{v:.0f}" for v in r["dsim_msgs_per_s"]),
+             " ".join(f"{v:.0f}" for v in r["decentralizepy_msgs_per_s"]),
+             " ".join(f"{v:.2f}" for v in r["ratio"]), f"{r['median_ratio']:.2f}")
+            for name, r in ratio_rows(report["throughput"])]
+    header = ("", "dsim msgs/s", "DecentralizePy msgs/s", "ratio", "median")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = (f"  {cell:>{w}}" for cell, w in zip(row[1:], widths[1:], strict=True))
+        print(f"{row[0]:<{widths[0]}}" + "".join(cells))
+
+
+def ratio_markdown(report: dict[str, Any]) -> str:
+    """The dsim-vs-DecentralizePy table as a markdown page, with the conditions it was measured in."""
+    machine = report["machine"]
+    rounds = ", ".join(f"{_size_name(e['bytes'])} x {e['rounds']} rounds" for e in report["throughput"].values())
+    lines = [
+        "# dsim's transport vs DecentralizePy's",
+        "",
+        f"8 nodes on a ring, lock-step rounds ({rounds}), every message to both neighbours. Each dsim run "
+        "(`dsim launch --algorithm exchange`) is followed straight by a run of DecentralizePy's own TCP layer "
+        f"doing the same (`{Path(report['anchor']['script']).relative_to(ROOT.parent)}`), so each ratio "
+        "compares two runs seconds apart; ratio = dsim msgs/s / DecentralizePy msgs/s (above 1: dsim is faster).",
+        "",
+        f"Measured at commit {report.get('commit')}{' (--quick)' if report['quick'] else ''} on "
+        f"{machine['cpu_count']} CPUs ({machine['cpu_model']}), load average {machine['load_avg_at_start'][0]} "
+        f"at the start and {machine['load_avg_at_end'][0]} at the end.",
+        "",
+        "| layout | dsim msgs/s | DecentralizePy msgs/s | ratio | median ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in ratio_rows(report["throughput"]):
+        lines.append(f"| {name} | {', '.join(f'{v:.0f}' for v in r['dsim_msgs_per_s'])} "
+                     f"| {', '.join(f'{v:.0f}' for v in r['decentralizepy_msgs_per_s'])} "
+                     f"| {', '.join(f'{v:.2f}' for v in r['ratio'])} | {r['median_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke version: small sizes, under a minute")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+                        help=f"run only these parts ({', '.join(PARTS)}); the results file's name says which")
     args = parser.parse_args()
     if args.quick:
         sizes = {"1KB": (1024, 300), "1MB": (1 << 20, 20)}
@@ -437,17 +575,28 @@ def main() -> None:
         scale, per_process, repeats = [250, 500, 1000], 100, 2
     # Rates swing 15-20% between repeats on a shared 2-core machine: three repeats, best and median kept
     throughput_repeats = 1 if args.quick else 3
-    report: dict[str, Any] = {"machine": machine_facts(), "quick": args.quick, "reference": REFERENCE}
+    report: dict[str, Any] = {"machine": machine_facts(), "quick": args.quick, "commit": git_commit()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dsim-bench-") as tmp:
-        report["throughput"] = throughput(Path(tmp), sizes, throughput_repeats)
-        report["startup"] = startup(Path(tmp), starts, repeats)
-        report["largest"] = largest(Path(tmp), scale, per_process)
+        if "throughput" in args.only:
+            report["anchor"] = anchor_facts()
+            anchor = "skipped" not in report["anchor"]
+            report["throughput"] = throughput(Path(tmp), sizes, throughput_repeats, anchor)
+        if "startup" in args.only:
+            report["startup"] = startup(Path(tmp), starts, repeats)
+        if "largest" in args.only:
+            report["largest"] = largest(Path(tmp), scale, per_process)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
-    out = write_results("runtime-quick" if args.quick else "runtime", report)
+    suffix = ("-quick" if args.quick else "") + ("" if set(args.only) == set(PARTS) else "-" + "-".join(args.only))
+    out = write_results("runtime" + suffix, report)
+    written = [out]
+    if "throughput" in report and "skipped" not in report["anchor"]:
+        written.append(out.with_name(f"transport-vs-decentralizepy{'-quick' if args.quick else ''}.md"))
+        written[-1].write_text(ratio_markdown(report))
     print_table(report)
-    print(f"\nwritten to {out.relative_to(ROOT)} in {report['benchmark_wall_s']:.0f} s")
+    print(f"\nwritten to {', '.join(str(p.relative_to(ROOT)) for p in written)} "
+          f"in {report['benchmark_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":
