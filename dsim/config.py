@@ -42,7 +42,7 @@ class NetOptions(Options):
     """Sockets, start-up and supervision of the node processes."""
 
     host: Annotated[str, Meta(min_length=1, description="address node sockets bind to on this machine")] = "127.0.0.1"
-    ports: Annotated[str, Meta(description="LO-HI restricts node sockets to a port range; '' = OS-chosen")] = ""
+    ports: Annotated[str, Meta(description="LO-HI restricts the worker processes' sockets (one port each) to a port range; '' = OS-chosen")] = ""
     master_port: Annotated[int, Meta(ge=1024, le=65535, description="machine 0's coordinator port (runs over many machines); clear of torchrun's 29400 and torch.distributed's 29500")] = 29750
     max_message_mb: Annotated[float, Meta(gt=0, description="largest message a node may send or accept, MiB")] = 512.0
     heartbeat: Annotated[float, Meta(gt=0, description="seconds between a worker's heartbeats")] = 0.5

@@ -25,13 +25,12 @@ from dsim.node import Node, NodeContext
 from dsim.nodelog import NodeLog, json_safe
 from dsim.options import to_dict
 from dsim.program import Program
-from dsim.routing import next_hops
+from dsim.routing import Routes
 from dsim.transport import Endpoint
 
 if TYPE_CHECKING:
-    import zmq.asyncio
-
     from dsim.config import Config
+    from dsim.hub import Hub
 
 
 def describe(exc: BaseException) -> str:
@@ -50,9 +49,11 @@ def place_nodes(cfg: Config, program: Program, ranks: list[int], first_rank: int
     return dict(zip(ranks, devices, strict=True))
 
 
-def open_log(run_dir: Path, rank: int, t0: float) -> NodeLog:
-    """The node's event log, nodes/<rank>.jsonl in the run directory."""
-    return NodeLog(run_dir / "nodes" / f"{rank}.jsonl", rank, t0)
+def open_logs(run_dir: Path, ranks: list[int], t0: float) -> dict[int, NodeLog]:
+    """The nodes' event logs, nodes/<rank>.jsonl in the run directory."""
+    folder = run_dir / "nodes"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {rank: NodeLog(folder / f"{rank}.jsonl", rank, t0) for rank in ranks}
 
 
 def link_table(cfg: Config, program: Program, graph: nx.Graph) -> LinkTable | None:
@@ -67,13 +68,13 @@ def node_conditions(cfg: Config, program: Program, graph: nx.Graph) -> Condition
     return conditions(cfg.churn, cfg.stragglers, cfg.seed, {r: program.role_of(r, graph) for r in graph.nodes})
 
 
-def make_endpoint(ctx: zmq.asyncio.Context | None, cfg: Config, graph: nx.Graph, rank: int,
+def make_endpoint(hub: Hub | None, cfg: Config, graph: nx.Graph, rank: int,
                   log: NodeLog, links: LinkTable | None = None) -> Endpoint:
-    """The node's endpoint, unbound and unconnected; `ctx=None` makes one without sockets, whose
-    neighbours must all be reached in memory. `links`: the run's link table (None: ideal links)."""
+    """The node's endpoint, unconnected, on its process's hub; `hub=None` makes one without sockets,
+    whose neighbours must all be reached in memory. `links`: the run's link table (None: ideal links)."""
     neighbours = tuple(sorted(graph.neighbors(rank)))
     max_bytes = int(cfg.net.max_message_mb * (1 << 20))
-    return Endpoint(ctx, rank, neighbours, next_hops(graph, rank), max_bytes, log.write, links)
+    return Endpoint(hub, rank, neighbours, Routes(graph, rank), max_bytes, log.write, links)
 
 
 def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:

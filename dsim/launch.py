@@ -61,7 +61,8 @@ def _resolve_ip(host: str) -> str:
 
 
 def _check_port_range(host: str, text: str, needed: int) -> None:
-    """Refuse up front when the configured port range cannot hold this machine's nodes."""
+    """Refuse up front when the configured port range cannot hold this machine's worker processes
+    (one port each, shared by the nodes it hosts)."""
     rng = parse_port_range(text)
     if rng is None:
         return
@@ -75,7 +76,7 @@ def _check_port_range(host: str, text: str, needed: int) -> None:
                 continue
         if free >= needed:
             return
-    raise DsimError(f"port range {text} has {free} free ports on {host} but {needed} nodes need one each; "
+    raise DsimError(f"port range {text} has {free} free ports on {host} but {needed} worker processes need one each; "
                     f"choose another --set net.ports=LO-HI")
 
 
@@ -154,11 +155,11 @@ def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_r
     host_ip = _resolve_ip(machines[me].host)
     if hosts:
         hostfile.check_local(machines, me, host_ip)
-    _check_port_range(host_ip, cfg.net.ports, len(machines[me].ranks))
+    workers = plan_workers(machines, cfg.nodes_per_process)
+    _check_port_range(host_ip, cfg.net.ports, sum(w.machine == me for w in workers))
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
-    return LaunchPlan(cfg, program, graph, machines, me, host_ip, plan_workers(machines, cfg.nodes_per_process),
-                      links, conditions=node_cond)
+    return LaunchPlan(cfg, program, graph, machines, me, host_ip, workers, links, conditions=node_cond)
 
 
 def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,

@@ -26,17 +26,20 @@ def json_safe(value: Any) -> Any:
 
 
 class NodeLog:
+    """Appends to `path`, whose folder must exist (a worker makes it once for all its nodes)."""
+
     def __init__(self, path: Path, rank: int, t0: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.t0 = rank, t0
-        self._fh = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: nothing lost on failure
+        # Unbuffered: each line is one write, so nothing is lost on failure, and an idle node holds no
+        # buffer (a line-buffered text file keeps 8 KiB per node: 160 MiB at 20,000 nodes).
+        self._fh = open(path, "ab", buffering=0)
 
     def write(self, event: str, **fields: Any) -> None:
         if self._fh.closed:
             return
         record = {"t": round(time.time() - self.t0, 4), "rank": self.rank, "event": event}
         record.update({k: json_safe(v) for k, v in fields.items()})
-        self._fh.write(json.dumps(record, default=str) + "\n")
+        self._fh.write((json.dumps(record, default=str) + "\n").encode())
 
     def close(self) -> None:
         self._fh.close()

@@ -51,7 +51,7 @@ from dsim.hosting import (
     log_traffic,
     make_endpoint,
     node_conditions,
-    open_log,
+    open_logs,
     place_nodes,
     run_node,
 )
@@ -184,8 +184,9 @@ class _Setup:
         tasks: dict[asyncio.Task, int] = {}
         try:
             data = {}
+            logs.update(open_logs(self.run_dir, ranks, t0))
             for rank in ranks:
-                log = logs[rank] = open_log(self.run_dir, rank, t0)
+                log = logs[rank]
                 endpoints[rank] = make_endpoint(None, cfg, graph, rank, log, self.links)
                 log_start(log, self.role(rank), endpoints[rank], devices[rank])
                 if program.uses_data:
@@ -193,7 +194,7 @@ class _Setup:
             deadline = loop.time() + timeout  # from the start barrier on, as node waits are
             run_id = secrets.token_hex(4)  # as long as a launch's: the headers, hence the byte counts, match
             for ep in endpoints.values():
-                ep.connect(run_id, {}, local=endpoints)
+                ep.connect(run_id, local=endpoints)
             await asyncio.gather(*(ep.say_hello(max(deadline - loop.time(), 0.0)) for ep in endpoints.values()))
             for rank in ranks:
                 node = build_node(program, cfg, graph, rank, endpoints[rank], logs[rank], self.run_dir,

@@ -1,8 +1,9 @@
-"""One node's network endpoint: a bound ROUTER for everything it receives, a DEALER per neighbour.
+"""One node's network endpoint: its accounting, checks, mailbox and emulated links.
 
-Neighbours hosted by the same process are delivered in memory: the same encoded frames, copied as a
-socket would copy them, handed to the receiver's loop in send order. The accounting and checks are the
-same either way; only ZeroMQ's pipes and wake-ups are skipped.
+Neighbours in other processes are reached through the process's hub (dsim.hub: one ROUTER per process,
+one DEALER per peer process); neighbours hosted by the same process are delivered in memory: the same
+encoded frames, copied as a socket would copy them, handed to the receiver's loop in send order. The
+accounting and checks are the same either way; only ZeroMQ's pipes and wake-ups are skipped.
 
 Messages to a node that is not a neighbour go to the next hop of a shortest path and are forwarded
 unchanged (frames untouched) by every relay, which counts the bytes it forwards. Every frame is counted
@@ -36,11 +37,11 @@ import zmq.asyncio
 
 from dsim import wire
 from dsim.churn import Schedule
-from dsim.errors import DsimError
+from dsim.hub import Hub, hop_frame
 from dsim.links import Link, LinkSpec, LinkTable
+from dsim.routing import Routes
 
 _NOBLOCK = int(zmq.NOBLOCK)
-NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 ZERO_COPY_FROM = 1 << 16  # a message this large waits in its link queue as zmq frames, sent without a copy
 SOON_S = 50e-6  # a link head due sooner than this is checked on the next loop turn, not by a timer
 # Loop timers have millisecond resolution (uvloop rounds to whole ms and can fire up to ~1 ms early):
@@ -194,22 +195,23 @@ def _expire(fut: asyncio.Future) -> None:
 
 
 class Endpoint:
-    """The sockets of one node. Created unbound; `bind`, then `connect` once peers are known.
+    """One node's side of the network; `connect` once the peers are known.
 
-    Without a ZeroMQ context (`ctx=None`, as dsim.testing makes them) it has no socket at all and every
-    neighbour must be reached in memory. `links` is the run's link table (None: every link ideal)."""
+    Its process's `hub` carries what goes to other processes; without one (`hub=None`, as dsim.testing
+    makes them) every neighbour must be reached in memory. `links` is the run's link table (None: every
+    link ideal)."""
 
     def __init__(
         self,
-        ctx: zmq.asyncio.Context | None,
+        hub: Hub | None,
         rank: int,
         neighbours: tuple[int, ...],
-        next_hop: dict[int, int],
+        next_hop: Routes | Mapping[int, int],
         max_bytes: int,
         log: Callable[..., None],
         links: LinkTable | None = None,
     ) -> None:
-        self.ctx, self.rank = ctx, rank
+        self.hub, self.rank = hub, rank
         self.run = ""  # the run id arrives with the peer table
         self.neighbours = neighbours
         self._neighbour_set = frozenset(neighbours)
@@ -220,23 +222,16 @@ class Endpoint:
         self.mailbox = Mailbox()
         self.hello_from: set[int] = set()
         self._hello_event = asyncio.Event()
-        self.router = None if ctx is None else ctx.socket(zmq.ROUTER)
-        if self.router is not None:
-            self.router.setsockopt(zmq.LINGER, 0)
-            self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
-            self.router.setsockopt(zmq.RCVHWM, 0)
-        self.dealers: dict[int, zmq.asyncio.Socket] = {}
         self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
-        self._identity = b""
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Plain (blocking-API) views of the same sockets: the hot path sends and drains without
-        # creating a future per message; the asyncio sockets are the fallback when a send would block.
+        # Neighbours in other processes: the hub's DEALER to each one's process, as a plain
+        # (blocking-API) view for the hot path, which sends without creating a future per message, and
+        # as the asyncio socket, the fallback when a send would block; and the hop frame to each.
         self._fast: dict[int, zmq.Socket] = {}
-        self._router_fast = None if self.router is None else zmq.Socket.shadow(self.router.underlying)
-        self._identity_to_rank: dict[bytes, int] = {}
-        self._reader_fd: int | None = None
-        self._open = False  # between connect and close: in-memory deliveries are handled
-        self.address = ""
+        self._dealers: dict[int, zmq.asyncio.Socket] = {}
+        self._hop: dict[int, bytes] = {}
+        self._open = False  # between connect and close: deliveries are handled
+        self.address = "" if hub is None else hub.address
         # Emulated links: state of each outgoing link and the seconds per byte of each incoming one;
         # None when all of them are ideal, which keeps the hot paths as they are without links.
         self._links: dict[int, Link] | None = None
@@ -251,57 +246,22 @@ class Endpoint:
             if any(not link.spec.ideal for link in out.values()) or any(cost_in.values()):
                 self._links, self._cost_in = out, cost_in
 
-    def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
-        """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
-        if self.router is None:
-            raise ValueError(f"node {self.rank}: an endpoint without sockets cannot bind")
-        try:
-            if port_range is None:
-                port = self.router.bind_to_random_port(f"tcp://{host}")
-            else:
-                lo, hi = port_range
-                port = self.router.bind_to_random_port(
-                    f"tcp://{host}", min_port=lo, max_port=hi + 1, max_tries=4 * (hi - lo + 1)
-                )
-        except zmq.ZMQBindError:
-            raise DsimError(f"node {self.rank}: no free port in {port_range[0]}-{port_range[1]}") from None
-        except zmq.ZMQError as exc:
-            raise DsimError(f"node {self.rank}: cannot bind on {host}: {exc}") from None
-        self.address = f"tcp://{host}:{port}"
-        return self.address
-
-    def connect(self, run: str, addresses: dict[int, str], local: Mapping[int, Endpoint] | None = None) -> None:
-        """Open a link to every neighbour and start receiving; identities carry the run id.
-
-        Neighbours whose endpoint is in `local` (hosted by this process) are reached in memory, the
-        others over TCP; the frames and their accounting are the same either way.
-        """
+    def connect(self, run: str, local: Mapping[int, Endpoint] | None = None) -> None:
+        """Open a link to every neighbour: in memory when its endpoint is in `local` (hosted by this
+        process), else through the hub, which must be connected first; the frames and their
+        accounting are the same either way."""
         self.run = run
-        self._identity = f"{run}:{self.rank}".encode()
-        self._identity_to_rank = {f"{run}:{n}".encode(): n for n in self.neighbours}
         self._loop = asyncio.get_running_loop()
         local = local or {}
         for n in self.neighbours:
             if n in local:
                 self._local[n] = local[n]
                 continue
-            if self.ctx is None:
-                raise ValueError(f"node {self.rank}: neighbour {n} is not in memory and this endpoint has no sockets")
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, self._identity)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.copy_threshold = NEVER_COPY_BELOW
-            sock.connect(addresses[n])
-            self.dealers[n] = sock
-            fast = zmq.Socket.shadow(sock.underlying)
-            fast.copy_threshold = NEVER_COPY_BELOW
-            self._fast[n] = fast
+            if self.hub is None:
+                raise ValueError(f"node {self.rank}: neighbour {n} is not in memory and this endpoint has no hub")
+            self._fast[n], self._dealers[n] = self.hub.sockets_to(n)
+            self._hop[n] = hop_frame(self.rank, n)
         self._open = True
-        if self._router_fast is not None:
-            self._reader_fd = self._router_fast.getsockopt(zmq.FD)
-            self._loop.add_reader(self._reader_fd, self._drain)
-            self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
 
     async def say_hello(self, timeout: float) -> None:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
@@ -332,58 +292,46 @@ class Endpoint:
             return nbytes
         peer = self._local.get(hop)
         if peer is not None:  # a snapshot, as a socket takes: later writes to the arrays do not travel
-            peer.deliver(self._identity, _snapshot(frames))
+            peer.deliver(self.rank, _snapshot(frames))
             return nbytes
+        frames.insert(0, self._hop[hop])
         try:
-            self._fast[hop].send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+            self._fast[hop].send_multipart(frames, flags=_NOBLOCK, copy=True)
         except zmq.Again:
-            await asyncio.wait_for(self.dealers[hop].send_multipart(frames, copy=True), timeout)
+            await asyncio.wait_for(self._dealers[hop].send_multipart(frames, copy=True), timeout)
         return nbytes
 
-    def _drain(self) -> None:
-        """Receive everything queued on the ROUTER (its FD is edge-triggered), a bounded batch at a time."""
-        if self._reader_fd is None:
-            return
-        recv = self._router_fast.recv_multipart
-        try:
-            for _ in range(256):
-                frames = recv(_NOBLOCK, copy=False)
-                self._handle(frames[0].bytes, [f.buffer for f in frames[1:]])
-        except zmq.Again:
-            return
-        self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
+    def deliver(self, src: int, body: list) -> None:
+        """Take a message from node `src` in this process; it is handled on the next loop turn, in order."""
+        self._loop.call_soon(self.receive, src, body)
 
-    def deliver(self, identity: bytes, body: list) -> None:
-        """Take a message from a node in this process; it is handled on the next loop turn, in order."""
-        self._loop.call_soon(self._handle_local, identity, body)
-
-    def _handle_local(self, identity: bytes, body: list) -> None:
+    def receive(self, src: int, body: list) -> None:
+        """A message from neighbour `src` (its frames' buffers), from the hub or a node in this process."""
         if self._open:  # closed endpoints lose what was in flight, as sockets do
-            self._handle(identity, body)
+            self._handle(src, body)
 
-    def _drop(self, reason: str, nbytes: int, identity: bytes) -> None:
+    def _drop(self, reason: str, nbytes: int, peer: str) -> None:
         self.counters.msgs_dropped += 1
         self.counters.bytes_dropped += nbytes
-        self.log("dropped", reason=reason, nbytes=nbytes, peer=identity[:64].decode("utf-8", "replace"))
+        self.log("dropped", reason=reason, nbytes=nbytes, peer=peer)
 
-    def _handle(self, identity: bytes, body: list) -> None:
-        """Deliver, relay or drop one received message (body: its frames' buffers).
+    def _handle(self, peer: int, body: list) -> None:
+        """Deliver, relay or drop one message from neighbour `peer` (body: its frames' buffers).
 
         No await here: relays count atomically."""
         nbytes = sum(len(f) for f in body)
         if not body:
-            return self._drop("empty message", nbytes, identity)
+            return self._drop("empty message", nbytes, f"node {peer}")
         if nbytes > self.max_bytes:
-            return self._drop("too large", nbytes, identity)
+            return self._drop("too large", nbytes, f"node {peer}")
+        if peer not in self._neighbour_set:
+            return self._drop("sender is not a neighbour", nbytes, f"node {peer}")
         try:
             header, payload = wire.decode(body[0], body[1:])
         except wire.WireError as exc:
-            return self._drop(str(exc), nbytes, identity)
+            return self._drop(str(exc), nbytes, f"node {peer}")
         if header.run != self.run:
-            return self._drop(f"from another run ({header.run[:16]})", nbytes, identity)
-        peer = self._identity_to_rank.get(identity)
-        if peer is None:
-            return self._drop("sender is not a neighbour", nbytes, identity)
+            return self._drop(f"from another run ({header.run[:16]})", nbytes, f"node {peer}")
         if self._offline is not None and self.offline_now():  # an offline node receives nothing
             self.counters.lost(nbytes)
             self.log("lost", reason="receiver offline", kind=header.kind, src=header.src, nbytes=nbytes)
@@ -404,7 +352,7 @@ class Endpoint:
     def _relay(self, header: wire.Header, body: list, nbytes: int) -> None:
         hop = self.next_hop.get(header.dst)
         peer = self._local.get(hop)
-        if hop is None or (hop not in self.dealers and peer is None):
+        if hop is None or (hop not in self._fast and peer is None):
             self.log("dropped", reason=f"no route to {header.dst}", nbytes=nbytes)
             return
         self.counters.sent(header.kind, nbytes)
@@ -414,9 +362,9 @@ class Endpoint:
         if self._links is not None:
             self._shape(hop, body, nbytes, header.kind, header.dst, relayed=True)
         elif peer is not None:
-            peer.deliver(self._identity, body)
+            peer.deliver(self.rank, body)
         else:
-            self._fast[hop].send_multipart(body, copy=False)
+            self._fast[hop].send_multipart([self._hop[hop], *body], copy=False)
 
     # --- emulated links ------------------------------------------------------------------------
     def follow_schedule(self, schedule: Schedule) -> None:
@@ -477,10 +425,10 @@ class Endpoint:
         """Hand frames to the in-memory receiver or the socket; False when the socket would block."""
         peer = self._local.get(hop)
         if peer is not None:
-            peer.deliver(self._identity, body)
+            peer.deliver(self.rank, body)
             return True
         try:
-            self._fast[hop].send_multipart(body, flags=_NOBLOCK, copy=copy)
+            self._fast[hop].send_multipart([self._hop[hop], *body], flags=_NOBLOCK, copy=copy)
         except zmq.Again:
             return False
         return True
@@ -513,7 +461,7 @@ class Endpoint:
     async def _unstall(self, hop: int, link: Link) -> None:
         """Send the head of a link whose socket would have blocked, then carry on with the rest."""
         _, body, copy = link.queue[0][:3]
-        await self.dealers[hop].send_multipart(body, copy=copy)
+        await self._dealers[hop].send_multipart([self._hop[hop], *body], copy=copy)
         link.queue.popleft()
         link.stall = None
         self._dequeued()
@@ -554,15 +502,9 @@ class Endpoint:
         return count
 
     def close(self) -> None:
+        """Stop handling deliveries (the hub's sockets close with the hub)."""
         self.discard_queued("endpoint closed with the message in its link queue")
         self._open = False
-        if self._reader_fd is not None:
-            asyncio.get_running_loop().remove_reader(self._reader_fd)
-            self._reader_fd = None
-        for sock in self.dealers.values():
-            sock.close(linger=0)
-        if self.router is not None:
-            self.router.close(linger=0)
 
 
 def _snapshot(frames: list) -> list:

@@ -36,10 +36,11 @@ from dsim.hosting import (
     log_start,
     log_traffic,
     make_endpoint,
-    open_log,
+    open_logs,
     place_nodes,
     run_node,
 )
+from dsim.hub import Hub
 from dsim.links import LinkTable
 from dsim.node import Node
 from dsim.nodelog import NodeLog
@@ -83,6 +84,7 @@ class Worker:
         self.start_timeout = cfg.net.start_timeout
         self.heartbeat = cfg.net.heartbeat
         self.heartbeat_timeout = cfg.net.heartbeat_timeout
+        self.hub: Hub | None = None
         self.endpoints: dict[int, Endpoint] = {}
         self.logs: dict[int, NodeLog] = {}
         self.roles: dict[int, str] = {}
@@ -118,6 +120,8 @@ class Worker:
                 task.cancel()
             for ep in self.endpoints.values():
                 ep.close()
+            if self.hub is not None:
+                self.hub.close()
             for log in self.logs.values():
                 log.close()
             self.ctl.close(linger=1000)
@@ -160,17 +164,19 @@ class Worker:
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
-        ports = cfg.net.port_range
         data_fp: dict[int, dict[str, str]] = {}
         data: dict[int, Any] = {}
         try:
             self.devices = place_nodes(cfg, spec.program, spec.ranks, spec.first_rank)
+            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)))
+            hub.bind(spec.host, cfg.net.port_range)
+            self.logs = open_logs(spec.run_dir, spec.ranks, spec.t0)
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
-                log = self.logs[rank] = open_log(spec.run_dir, rank, spec.t0)
-                ep = self.endpoints[rank] = make_endpoint(self.ctx, cfg, spec.graph, rank, log, spec.links)
-                ep.bind(spec.host, ports)
+                log = self.logs[rank]
+                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links)
+                hub.attach(ep)
                 log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
                     data[rank], data_fp[rank] = self._load_data(rank)
@@ -180,11 +186,12 @@ class Worker:
             await self._expect(control.Stop, self.start_timeout)
             return
         await self._send(control.Register(name=spec.name, pid=os.getpid(), ranks=spec.ranks,
-                                          endpoints={r: ep.address for r, ep in self.endpoints.items()},
+                                          endpoints=dict.fromkeys(spec.ranks, self.hub.address),
                                           data=data_fp))
         peers = await self._expect(control.Peers, self.start_timeout)
+        self.hub.connect(peers.run, peers.endpoints)
         for ep in self.endpoints.values():
-            ep.connect(peers.run, peers.endpoints, self.endpoints)
+            ep.connect(peers.run, self.endpoints)
         try:
             await asyncio.gather(*(ep.say_hello(self.start_timeout) for ep in self.endpoints.values()))
         except Exception as exc:

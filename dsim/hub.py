@@ -1,0 +1,168 @@
+"""One worker process's sockets: a ROUTER that all its nodes receive on, a DEALER per peer process.
+
+Sockets belong to processes, not nodes: a message from a node here to a neighbour in another process
+leaves through the one DEALER to that process and arrives on its ROUTER as ``[hop, header, buffers...]``,
+where `hop` (8 bytes: the ranks of this hop's sender and receiver) tells the receiving hub which of its
+nodes it is for. The message's own frames (dsim.wire) travel unchanged, and the hop frame is not
+counted in any node's bytes (it is addressing, like ZeroMQ's identity frame). With a socket, a port and
+a connection per node, a process of more than about a thousand nodes ran out of ZeroMQ sockets, file
+descriptors and ports; per process pair, 20,000 nodes in ten processes need ten ports.
+
+A peer process is known by its DEALER identity, ``<run id>|<its ROUTER address>``: a frame from an
+identity outside the peer table (another run, a stray client), or claiming a sender that its process
+does not host, is dropped, logged and counted by the receiving node (or, when the frame names no node
+of this process, by the first node hosted here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import zmq
+import zmq.asyncio
+
+from dsim.errors import DsimError
+
+if TYPE_CHECKING:
+    from dsim.transport import Endpoint
+
+HOP = struct.Struct("<II")  # (hop sender rank, hop receiver rank)
+NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
+_NOBLOCK = int(zmq.NOBLOCK)
+_DRAIN_BATCH = 256  # frames handled per loop turn before other tasks get a turn
+
+
+def hop_frame(src: int, dst: int) -> bytes:
+    return HOP.pack(src, dst)
+
+
+class Hub:
+    """Bind, then `attach` every endpoint hosted here, then `connect` once the peer table is known."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, max_bytes: int) -> None:
+        self.ctx = ctx
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        # A plain (blocking-API) view of the same socket: draining without a future per message.
+        self._router_fast = zmq.Socket.shadow(self.router.underlying)
+        self.address = ""
+        self.nodes: dict[int, Endpoint] = {}
+        self._addresses: Mapping[int, str] = {}
+        self._hosted_by: dict[bytes, frozenset[int]] = {}  # peer identity -> the ranks that process hosts
+        self._dealers: dict[str, zmq.asyncio.Socket] = {}  # by peer address
+        self._fast: dict[str, zmq.Socket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader_fd: int | None = None
+
+    def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
+        """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
+        try:
+            if port_range is None:
+                port = self.router.bind_to_random_port(f"tcp://{host}")
+            else:
+                lo, hi = port_range
+                port = self.router.bind_to_random_port(
+                    f"tcp://{host}", min_port=lo, max_port=hi + 1, max_tries=4 * (hi - lo + 1)
+                )
+        except zmq.ZMQBindError:
+            raise DsimError(f"no free port in {port_range[0]}-{port_range[1]}") from None
+        except zmq.ZMQError as exc:
+            raise DsimError(f"cannot bind on {host}: {exc}") from None
+        self.address = f"tcp://{host}:{port}"
+        return self.address
+
+    def attach(self, endpoint: Endpoint) -> None:
+        self.nodes[endpoint.rank] = endpoint
+
+    def connect(self, run: str, addresses: Mapping[int, str]) -> None:
+        """Open a DEALER to every process hosting a neighbour of a node here, and start receiving.
+
+        `addresses`: every node's process address (the peer table)."""
+        self._addresses = addresses
+        by_address: dict[str, set[int]] = defaultdict(set)
+        for rank, address in addresses.items():
+            by_address[address].add(rank)
+        self._hosted_by = {_identity(run, a): frozenset(ranks) for a, ranks in by_address.items()
+                           if a != self.address}
+        needed = {addresses[n] for ep in self.nodes.values() for n in ep.neighbours if n not in self.nodes}
+        identity = _identity(run, self.address)
+        for address in sorted(needed):
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, identity)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.copy_threshold = NEVER_COPY_BELOW
+            sock.connect(address)
+            fast = zmq.Socket.shadow(sock.underlying)
+            fast.copy_threshold = NEVER_COPY_BELOW
+            self._dealers[address], self._fast[address] = sock, fast
+        self._loop = asyncio.get_running_loop()
+        self._reader_fd = self._router_fast.getsockopt(zmq.FD)
+        self._loop.add_reader(self._reader_fd, self._drain)
+        self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
+
+    def sockets_to(self, rank: int) -> tuple[zmq.Socket, zmq.asyncio.Socket]:
+        """The plain and the asyncio view of the DEALER to the process that hosts `rank`."""
+        address = self._addresses[rank]
+        return self._fast[address], self._dealers[address]
+
+    def _drain(self) -> None:
+        """Receive everything queued on the ROUTER (its FD is edge-triggered), a bounded batch at a time."""
+        if self._reader_fd is None:
+            return
+        recv = self._router_fast.recv_multipart
+        try:
+            for _ in range(_DRAIN_BATCH):
+                self._dispatch(recv(_NOBLOCK, copy=False))
+        except zmq.Again:
+            return
+        self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
+
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        """Hand one received message to the node its hop frame names, or drop it."""
+        identity = frames[0].bytes
+        hop = frames[1].bytes if len(frames) > 1 else b""
+        body = [f.buffer for f in frames[2:]]
+        if len(hop) != HOP.size:
+            return self._first_node()._drop("no hop frame", _size(frames[1:]), _name(identity))
+        src, dst = HOP.unpack(hop)
+        node = self.nodes.get(dst)
+        if node is None:
+            return self._first_node()._drop(f"for node {dst}, not hosted here", _size(body), _name(identity))
+        hosted = self._hosted_by.get(identity)
+        if hosted is None:
+            return node._drop("not from a process of this run", _size(body), _name(identity))
+        if src not in hosted:
+            return node._drop(f"claims sender {src}, which that process does not host", _size(body),
+                              _name(identity))
+        node.receive(src, body)
+        return None
+
+    def _first_node(self) -> Endpoint:
+        return self.nodes[min(self.nodes)]
+
+    def close(self) -> None:
+        if self._reader_fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._reader_fd)
+            self._reader_fd = None
+        for sock in self._dealers.values():
+            sock.close(linger=0)
+        self.router.close(linger=0)
+
+
+def _identity(run: str, address: str) -> bytes:
+    return f"{run}|{address}".encode()
+
+
+def _size(frames: list) -> int:
+    return sum(len(f) for f in frames)
+
+
+def _name(identity: bytes) -> str:
+    return identity[:64].decode("utf-8", "replace")
