@@ -6,6 +6,18 @@ payload every numpy array or torch tensor is replaced by a msgpack extension tha
 and shape, and its bytes travel as their own frame; on receipt they are zero-copy views over the frame
 memory. Arrays of at most INLINE_MAX bytes ride inside the header instead (dtype, shape and bytes in
 the extension): every extra frame costs ZeroMQ more than copying a few kilobytes. Nothing is pickled.
+
+Encoding and decoding sit on every message's path, so their fixed costs are cut, never the format:
+
+- msgpack-python packs and parses the header. Its rules (which payload types it refuses, which map keys
+  survive the trip, how deep a payload may nest) are part of the format; msgspec's differ (it would
+  accept datetimes, dataclasses and enums, and turn array keys into tuples), so it is not used there.
+- Everything before the payload is the same on every message of a route: it is packed once per
+  (run, src, dst, kind) and reused. Decoded Headers are reused the same way.
+- Array descriptors are our own fixed-shape lists (str, ints, bytes), packed and parsed by msgspec, which
+  gives the same bytes as msgpack-python for them and checks their types while parsing. A descriptor in
+  any other form (never written by encode) takes the generic parse, which accepts and refuses what the
+  format always did.
 """
 
 from __future__ import annotations
@@ -13,10 +25,12 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
 import numpy as np
 
 VERSION = 1
@@ -30,8 +44,8 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
-_dtype_names: dict[np.dtype, str] = {}
 _NP_DTYPES = {name: np.dtype("int16" if name == "bfloat16" else name) for name in ALLOWED_DTYPES}
+_CACHE_MAX = 4096  # routes remembered (prefixes to send, Headers received); a node has a few per neighbour
 
 
 class WireError(ValueError):
@@ -40,6 +54,8 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class Header:
+    """A message's routing fields."""
+
     run: str
     src: int
     dst: int
@@ -51,82 +67,150 @@ def _torch():
     return sys.modules.get("torch")
 
 
-def _array_of(obj: Any) -> tuple[np.ndarray, str, int] | None:
-    """Return (contiguous array, dtype name, origin) when obj is an array or tensor, else None."""
-    if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        return arr, _dtype_name(arr.dtype), _NUMPY
-    torch = _torch()
-    if torch is not None and isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        t = t.contiguous()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy(), "bfloat16", _TORCH
-        arr = t.numpy()
-        return arr, _dtype_name(arr.dtype), _TORCH
-    return None
+# --- encoding ---------------------------------------------------------------------------------------
+
+_descriptors = msgspec.msgpack.Encoder()  # thread-safe; same bytes as msgpack-python for str, int, bytes
+_new_tuple = tuple.__new__  # builds an ExtType without ExtType.__new__'s Python-level checks (~0.4 us)
+_ExtType = msgpack.ExtType
+_ndarray = np.ndarray
+_contiguous = np.ascontiguousarray
+_sendable: dict[np.dtype, str] = {}  # dtype -> name, for the dtypes that may be sent
 
 
-def _dtype_name(dtype: np.dtype) -> str:
-    """dtype.name is a slow property; message encoding asks for it once per array."""
-    name = _dtype_names.get(dtype)
-    if name is None:
-        name = _dtype_names[dtype] = dtype.name
+def _sendable_name(dtype: np.dtype) -> str:
+    """The name of a dtype that may be sent (else TypeError), remembered: dtype.name is a slow property."""
+    name = dtype.name
+    if name not in ALLOWED_DTYPES:
+        raise TypeError(f"dtype {name} cannot be sent")
+    _sendable[dtype] = name
     return name
 
 
+def _tensor_array(t: Any, torch: Any) -> tuple[np.ndarray, str]:
+    """A CPU, contiguous numpy view of a tensor and its dtype name; bfloat16 travels as its int16 bits.
+    (detach() and device.type cost ~0.6 us each: only tensors that need them pay.)"""
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_cpu:
+        t = t.cpu()
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), "bfloat16"
+    arr = t.numpy()
+    return arr, _sendable.get(arr.dtype) or _sendable_name(arr.dtype)
+
+
 class _Encoder(threading.local):
-    """One msgpack Packer per thread, reused: building a Packer costs more than packing a small header."""
+    """Per thread: a reused msgpack Packer (building one costs more than packing a small header, and one
+    must not be shared between threads) and the buffer frames of the message being packed."""
 
     def __init__(self) -> None:
         self.buffers: list = []
         self.packer = msgpack.Packer(default=self.default, use_bin_type=True)
-        self.descriptors = msgpack.Packer(use_bin_type=True)
 
     def default(self, obj: Any) -> Any:
-        found = _array_of(obj)
-        if found is not None:
-            arr, dtype, origin = found
-            if dtype not in ALLOWED_DTYPES:
-                raise TypeError(f"dtype {dtype} cannot be sent")
-            if arr.nbytes <= INLINE_MAX:
-                meta = self.descriptors.pack([dtype, list(arr.shape), origin, arr.tobytes()])
-                return msgpack.ExtType(_EXT_INLINE, meta)
-            self.buffers.append(memoryview(arr).cast("B") if arr.size else b"")
-            meta = self.descriptors.pack([len(self.buffers) - 1, dtype, list(arr.shape), origin])
-            return msgpack.ExtType(_EXT_ARRAY, meta)
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, tuple | set | frozenset):
-            return list(obj)
-        raise TypeError(f"cannot send an object of type {type(obj).__name__}")
+        """msgpack's hook for what it cannot pack itself: arrays and tensors, numpy scalars, sets."""
+        if isinstance(obj, _ndarray):
+            arr = _contiguous(obj)
+            dtype = _sendable.get(arr.dtype) or _sendable_name(arr.dtype)
+            origin = _NUMPY
+        else:
+            torch = sys.modules.get("torch")
+            if torch is not None and isinstance(obj, torch.Tensor):
+                arr, dtype = _tensor_array(obj, torch)
+                origin = _TORCH
+            elif isinstance(obj, np.generic):
+                return obj.item()
+            elif isinstance(obj, tuple | set | frozenset):
+                return list(obj)
+            else:
+                raise TypeError(f"cannot send an object of type {type(obj).__name__}")
+        if arr.nbytes <= INLINE_MAX:
+            meta = _descriptors.encode((dtype, arr.shape, origin, arr.tobytes()))
+            return _new_tuple(_ExtType, (_EXT_INLINE, meta))
+        buffers = self.buffers
+        buffers.append(memoryview(arr).cast("B"))
+        meta = _descriptors.encode((len(buffers) - 1, dtype, arr.shape, origin))
+        return _new_tuple(_ExtType, (_EXT_ARRAY, meta))
+
+    def pack(self, obj: Any) -> tuple[bytes, list]:
+        """(packed obj, buffer frames of its arrays)."""
+        packer = self.packer
+        try:
+            packed = packer.pack(obj)
+        except BaseException:
+            packer.reset()  # a failed pack leaves partial bytes behind
+            self.buffers = []
+            raise
+        buffers = self.buffers
+        if buffers:
+            self.buffers = []
+        return packed, buffers
 
 
 _encoder = _Encoder()
+_prefixes: dict[tuple[str, int, int, str], bytes] = {}
+
+
+def _prefix(route: tuple[str, int, int, str]) -> bytes:
+    """The header's bytes up to its payload: the same for every message of the route, so packed once."""
+    run, src, dst, kind = route
+    prefix = _encoder.pack({"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": None})[0][:-1]
+    if len(_prefixes) >= _CACHE_MAX:
+        _prefixes.clear()
+    _prefixes[route] = prefix
+    return prefix
 
 
 def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
-    """Encode one message into frames; arrays become separate frames without an extra copy."""
-    enc = _encoder
-    enc.buffers = buffers = []
-    try:
-        header = enc.packer.pack({"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": payload})
-    except BaseException:
-        enc.packer.reset()  # a failed pack leaves partial bytes behind
-        raise
-    finally:
-        enc.buffers = []
-    return [header, *buffers]
+    """Encode one message into frames; arrays become separate frames without an extra copy. Safe to call
+    from several threads at once."""
+    if not (type(run) is str and type(src) is int and type(dst) is int and type(kind) is str):
+        # Routing values of other types (numpy ints, None...) are packed as they come, with the payload.
+        header, buffers = _encoder.pack({"v": VERSION, "r": run, "s": src, "d": dst, "k": kind, "p": payload})
+        return [header, *buffers]
+    route = (run, src, dst, kind)
+    prefix = _prefixes.get(route) or _prefix(route)
+    if payload is None:
+        return [prefix + b"\xc0"]
+    # Packed inside a 1-tuple, the payload sits one level deep as in the header map: msgpack's nesting
+    # limit then refuses exactly the payloads it refused when the whole map was packed.
+    packed, buffers = _encoder.pack((payload,))
+    header = prefix + (packed[1:] if len(packed) < 4096 else memoryview(packed)[1:])
+    return [header, *buffers] if buffers else [header]
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+_Size = Annotated[int, msgspec.Meta(ge=0)]
+# The descriptors as encode writes them; msgspec checks the types (and that sizes are not negative).
+_inline = msgspec.msgpack.Decoder(tuple[str, tuple[_Size, ...], int, bytes])
+_framed = msgspec.msgpack.Decoder(tuple[_Size, str, tuple[_Size, ...], int])
+_headers: dict[tuple[str, int, int, str], Header] = {}
+_readonly_warned = False
+_unpackb = msgpack.unpackb
+_prod = math.prod
+
+
+class _Frames:
+    """The buffer frames of one message, and which of them its header has claimed (each at most once)."""
+
+    __slots__ = ("buffers", "used")
+
+    def __init__(self, buffers: list) -> None:
+        self.buffers = buffers
+        self.used: set[int] = set()
+
+    def rebuild(self, code: int, data: bytes) -> Any:
+        return _rebuild(code, data, self)
 
 
 def decode(frame: bytes | memoryview, buffers: list) -> tuple[Header, Any]:
     """Decode a message in one pass: routing fields, and a payload whose arrays are views of the frames."""
-    used: set[int] = set()
+    frames = _Frames(buffers) if buffers else None
     try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False,
-                              ext_hook=lambda code, data: _rebuild(code, data, buffers, used))
+        obj = _unpackb(frame, raw=False, strict_map_key=False,
+                       ext_hook=_rebuild if frames is None else frames.rebuild)
     except WireError:
         raise
     except Exception as exc:  # msgpack raises many types for garbage
@@ -134,58 +218,100 @@ def decode(frame: bytes | memoryview, buffers: list) -> tuple[Header, Any]:
     if not isinstance(obj, dict) or obj.get("v") != VERSION:
         raise WireError("not a dsim header")
     try:
-        header = Header(str(obj["r"]), int(obj["s"]), int(obj["d"]), str(obj["k"]))
-    except (KeyError, TypeError, ValueError):
+        run, src, dst, kind = obj["r"], obj["s"], obj["d"], obj["k"]
+    except KeyError:
         raise WireError("header misses routing fields") from None
-    if len(used) != len(buffers):
-        raise WireError(f"{len(buffers)} buffer frames but {len(used)} referenced")
+    if type(run) is str and type(src) is int and type(dst) is int and type(kind) is str:
+        header = _headers.get((run, src, dst, kind)) or _header(run, src, dst, kind)
+    else:  # converted as they come; never looked up as they are (1 == 1.0 == True, but not as run ids)
+        header = _header(run, src, dst, kind)
+    used = 0 if frames is None else len(frames.used)
+    if used != len(buffers):
+        raise WireError(f"{len(buffers)} buffer frames but {used} referenced")
     return header, obj.get("p")
 
 
-def _rebuild(code: int, data: bytes, buffers: list, used: set[int]) -> Any:
+def _header(run: Any, src: Any, dst: Any, kind: Any) -> Header:
+    """A Header from routing values of any type that converts; remembered for the next message."""
+    try:
+        header = Header(str(run), int(src), int(dst), str(kind))
+    except (TypeError, ValueError, OverflowError):
+        raise WireError("header misses routing fields") from None
+    if len(_headers) >= _CACHE_MAX:
+        _headers.clear()
+    _headers[(header.run, header.src, header.dst, header.kind)] = header
+    return header
+
+
+def _rebuild(code: int, data: bytes, frames: _Frames | None = None) -> Any:
+    """msgpack's ext_hook: the array or tensor that an extension describes."""
+    try:
+        if code == _EXT_INLINE:
+            dtype, shape, origin, buf = _inline.decode(data)
+            index = -1
+        elif code == _EXT_ARRAY:
+            index, dtype, shape, origin = _framed.decode(data)
+        else:
+            raise WireError(f"unknown extension type {code}")
+    except msgspec.MsgspecError:
+        dtype, shape, origin, buf, index = _descriptor(code, data)
+    np_dtype = _NP_DTYPES.get(dtype)
+    if np_dtype is None:
+        raise WireError("bad array descriptor")
+    if index >= 0:
+        if frames is None or index >= len(frames.buffers) or index in frames.used:
+            raise WireError("bad array descriptor")
+        frames.used.add(index)
+        buf = frames.buffers[index]
+    if _prod(shape) * np_dtype.itemsize != len(buf):
+        raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")
+    arr = _ndarray(shape, np_dtype, buf)
+    return arr if origin != _TORCH else _tensor(arr, dtype)
+
+
+def _descriptor(code: int, data: bytes) -> tuple[str, tuple[int, ...], Any, Any, int]:
+    """(dtype, shape, origin, inline bytes, frame index) of a descriptor that is not in encode's exact
+    form: ints as floats or strings, odd origins... Accepted or refused as the format always has been."""
     try:
         if code == _EXT_ARRAY:
             index, dtype, shape, origin = msgpack.unpackb(data, raw=False)
-            index = int(index)
-        elif code == _EXT_INLINE:
+            index, buf = int(index), None
+        else:
             dtype, shape, origin, buf = msgpack.unpackb(data, raw=False)
             index = -1
-        else:
-            raise WireError(f"unknown extension type {code}")
         shape = tuple(int(s) for s in shape)
-    except WireError:
-        raise
     except Exception:
         raise WireError("bad array descriptor") from None
-    if dtype not in ALLOWED_DTYPES or any(s < 0 for s in shape):
+    if dtype not in ALLOWED_DTYPES or any(s < 0 for s in shape) or (code == _EXT_ARRAY and index < 0):
         raise WireError("bad array descriptor")
-    if index >= 0:
-        if not 0 <= index < len(buffers) or index in used:
-            raise WireError("bad array descriptor")
-        used.add(index)
-        buf = buffers[index]
-    elif not isinstance(buf, bytes):
+    if code == _EXT_INLINE and not isinstance(buf, bytes):
         raise WireError("bad inline array")
-    np_dtype = _NP_DTYPES[dtype]
-    count = math.prod(shape)
-    if count * np_dtype.itemsize != len(buf):
-        raise WireError(f"array of shape {shape} and dtype {dtype} does not match its {len(buf)}-byte frame")
-    arr = np.frombuffer(buf, dtype=np_dtype, count=count).reshape(shape)
-    if origin != _TORCH:
-        return arr
+    return dtype, shape, origin, buf, index
+
+
+def _tensor(arr: np.ndarray, dtype: str) -> Any:
+    """The array as a torch tensor over the same memory.
+
+    The frame is ours alone, so writing through the tensor is safe, but torch warns about a read-only
+    array: once per process (TORCH_WARN_ONCE). That one warning is silenced; later tensors skip the
+    catch_warnings, which costs several times the rest of a decode."""
+    global _readonly_warned
     torch = _torch()
     if torch is None:
         import torch  # a tensor arrived: the receiving program works with torch
-    import warnings
-
-    with warnings.catch_warnings():
-        # The frame is ours alone, so writing through the tensor is safe; torch warns about any read-only view.
-        warnings.simplefilter("ignore", UserWarning)
+    if _readonly_warned or arr.flags.writeable:
         tensor = torch.from_numpy(arr)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            tensor = torch.from_numpy(arr)
+        _readonly_warned = True
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
 def frames_size(frames: list) -> int:
     """Bytes on the wire for a message, as counted by both ends."""
-    return sum(len(f) if not isinstance(f, memoryview) else f.nbytes for f in frames)
-
+    total = 0
+    for f in frames:
+        total += f.nbytes if type(f) is memoryview else len(f)
+    return total
