@@ -37,11 +37,10 @@ import zmq.asyncio
 
 from dsim import wire
 from dsim.churn import Schedule
-from dsim.hub import Hub, hop_frame
+from dsim.hub import Hub, hop_frame, send_now
 from dsim.links import Link, LinkSpec, LinkTable
 from dsim.routing import Routes
 
-_NOBLOCK = int(zmq.NOBLOCK)
 ZERO_COPY_FROM = 1 << 16  # a message this large waits in its link queue as zmq frames, sent without a copy
 SOON_S = 50e-6  # a link head due sooner than this is checked on the next loop turn, not by a timer
 # Loop timers have millisecond resolution (uvloop rounds to whole ms and can fire up to ~1 ms early):
@@ -304,7 +303,7 @@ class Endpoint:
             return nbytes
         frames.insert(0, self._hop[hop])
         try:
-            self._fast[hop].send_multipart(frames, flags=_NOBLOCK, copy=True)
+            send_now(self._fast[hop], frames)
         except zmq.Again:
             await asyncio.wait_for(self._dealers[hop].send_multipart(frames, copy=True), timeout)
         return nbytes
@@ -452,7 +451,7 @@ class Endpoint:
             peer.deliver(self.rank, body)
             return True
         try:
-            self._fast[hop].send_multipart([self._hop[hop], *body], flags=_NOBLOCK, copy=copy)
+            send_now(self._fast[hop], [self._hop[hop], *body], copy)
         except zmq.Again:
             return False
         return True
