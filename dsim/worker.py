@@ -47,7 +47,7 @@ from dsim.links import LinkTable
 from dsim.node import Node
 from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
-from dsim.transport import Endpoint, links_settled
+from dsim.transport import Endpoint, Traffic, links_settled
 from dsim.wire import WireError
 
 M = TypeVar("M", bound=control.Message)
@@ -90,6 +90,7 @@ class Worker:
         self.endpoints: dict[int, Endpoint] = {}
         self.logs: dict[int, NodeLog] = {}
         self.messages: MessageLog | None = None
+        self.traffic = Traffic()  # the sums over this process's nodes, kept by their counters
         self.roles: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.beats: Heartbeat | None = None
@@ -164,8 +165,7 @@ class Worker:
     def _totals(self) -> dict[str, int]:
         """Frame totals over this worker's nodes, as counts and heartbeats carry them (a lost message
         counts as received: it is no longer in flight)."""
-        totals = [ep.counters.balance() for ep in self.endpoints.values()]
-        return {k: sum(t[k] for t in totals) for k in control.TRAFFIC_FIELDS}
+        return self.traffic.as_dict()
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
@@ -181,7 +181,8 @@ class Worker:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
                 log = self.logs[rank]
-                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links, self.messages)
+                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links, self.messages,
+                                                         self.traffic)
                 hub.attach(ep)
                 log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
