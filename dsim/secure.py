@@ -113,6 +113,7 @@ def write_key_file(path: str | os.PathLike, key: RunKey) -> None:
 
 def read_key_file(path: str | os.PathLike) -> RunKey:
     """The run key from a key file; refused when group or others may access it, as ssh refuses keys."""
+    path = os.path.expanduser(path)
     try:
         info = os.stat(path)
     except OSError as exc:
