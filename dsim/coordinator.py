@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,7 @@ class Coordinator:
         key: secure.RunKey | None = None,
     ) -> None:
         self.run_id, self.binds, self.local, self.console, self.key = run_id, binds, local, console, key
-        self.refused: list[str] = []  # the connections that failed the CURVE handshake, why each
+        self.refused: Counter[str] = Counter()  # connections that failed the CURVE handshake, by reason
         net = cfg.net
         self.heartbeat = net.heartbeat
         self.state = CoordinatorState(
@@ -73,7 +74,7 @@ class Coordinator:
         for bind in self.binds:
             self.sock.bind(bind)
         loop = asyncio.get_running_loop()
-        self.watch.start(loop, self.refused.append)
+        self.watch.start(loop, self._refuse)
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
         for proc in self.local:
             loop.add_reader(proc.process.sentinel, self._on_exit, loop, proc)
@@ -146,6 +147,9 @@ class Coordinator:
             return None
         received, self._recv = self._recv, None
         return received.result()
+
+    def _refuse(self, reason: str) -> None:
+        self.refused[reason] += 1
 
     def _on_exit(self, loop: asyncio.AbstractEventLoop, proc: LocalProc) -> None:
         """A worker's sentinel became readable: wake the loop once its exit code can be read."""

@@ -226,8 +226,9 @@ async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, g
                       machines: list[hostfile.Machine], run_dir: Path) -> tuple[Outcome, dict[str, Any]]:
     outcome = await coordinator.run()
     if coordinator.refused:
-        outcome.warnings.append(f"{len(coordinator.refused)} connections to the coordinator failed the CURVE "
-                                f"handshake and were refused (first: {coordinator.refused[0]})")
+        reasons = "; ".join(f"{n} x {why}" for why, n in coordinator.refused.most_common())
+        outcome.warnings.append(f"{coordinator.refused.total()} connections to the coordinator were refused: "
+                                f"{reasons}")
     roles = {r: program.role_of(r, graph) for r in graph.nodes}
     host_of = {r: m.host for m in machines for r in m.ranks}
     rows = bandwidth_rows(outcome.traffic, roles, host_of)

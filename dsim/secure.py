@@ -238,5 +238,5 @@ def refusal(event: int, value: int) -> str:
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         who = _PROTOCOL_REASONS.get(value, f"a malformed handshake (ZMTP protocol error {value:#x})")
         return f"failed the CURVE handshake: {who}"
-    return "failed the CURVE handshake (no detail)"
+    return "failed the CURVE handshake: the peer broke it off (a plain peer may, on seeing CURVE asked)"
 
