@@ -19,12 +19,12 @@ a command line or in the environment.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 import zmq.auth
@@ -197,14 +197,14 @@ class HandshakeWatch:
     def __init__(self, sock: zmq.Socket, key: RunKey | None) -> None:
         self._monitor: zmq.Socket | None = None
         self._sock = sock
-        self._loop: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         if key is not None:
             monitor = sock.get_monitor_socket(_FAILED)
             self._monitor = zmq.Socket.shadow(monitor.underlying)
             self._owner = monitor  # keeps the monitor socket alive: the shadow does not own it
 
-    def start(self, loop: Any, on_failure: Callable[[str], None]) -> None:
-        """Report from now on, from `loop` (an asyncio loop), including refusals already queued."""
+    def start(self, loop: asyncio.AbstractEventLoop, on_failure: Callable[[str], None]) -> None:
+        """Report from now on, from `loop`, including refusals already queued."""
         if self._monitor is None:
             return
         self._loop, self._on_failure = loop, on_failure
