@@ -33,7 +33,6 @@ from zmq.utils.monitor import parse_monitor_message
 
 from dsim.errors import DsimError
 
-SETTINGS = ("auto", "on", "off")
 ZAP_DOMAIN = "dsim"
 CURVE_OVERHEAD = 64  # bytes CURVE adds to a frame on the wire (33), rounded up: MAXMSGSIZE counts them
 _FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
