@@ -23,6 +23,7 @@ from typing import Any
 import networkx as nx
 
 from dsim import hosts as hostfile
+from dsim import secure
 from dsim.churn import Conditions
 from dsim.config import Config, fingerprint, parse_port_range
 from dsim.console import Console
@@ -130,14 +131,17 @@ class LaunchPlan:
     workers: list[WorkerPlan]
     links: LinkTable | None = None  # the emulated links (None: all ideal), checked against the graph
     conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
+    key: secure.RunKey | None = None  # the run key (None: plain sockets); never printed or written
 
     @property
     def mine(self) -> list[WorkerPlan]:
         return [w for w in self.workers if w.machine == self.me]
 
 
-def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None) -> LaunchPlan:
-    """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts."""
+def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
+                shipped_key: secure.RunKey | None = None, ships_keys: bool = False) -> LaunchPlan:
+    """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts,
+    and find the run key (`shipped_key`: sent by the SSH launcher; `ships_keys`: this is that launcher)."""
     program = load_program(cfg.algorithm)
     check_device(cfg.device, cfg.gpus)
     graph = build_graph(cfg, program)
@@ -159,14 +163,17 @@ def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_r
     _check_port_range(host_ip, cfg.net.ports, sum(w.machine == me for w in workers))
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
-    return LaunchPlan(cfg, program, graph, machines, me, host_ip, workers, links, conditions=node_cond)
+    key = secure.run_key(cfg.net.secure, cfg.net.key_file, len(machines), shipped_key, ships_keys)
+    return LaunchPlan(cfg, program, graph, machines, me, host_ip, workers, links, conditions=node_cond, key=key)
 
 
 def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
-           quiet: bool = False) -> tuple[int, Path]:
-    """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
+           quiet: bool = False, key: secure.RunKey | None = None) -> tuple[int, Path]:
+    """Run one experiment on this machine's share of the graph; returns (exit code, run directory).
+
+    `key`: the run key machine 0's SSH launcher sent (dsim.ssh.receive)."""
     console = Console(quiet=quiet)
-    plan = plan_launch(cfg, hosts, machine_rank)
+    plan = plan_launch(cfg, hosts, machine_rank, shipped_key=key)
     program, graph, machines, me, plans = plan.program, plan.graph, plan.machines, plan.me, plan.workers
     ghash = graph_hash(graph)
     if plan.links is not None and plan.links.digest:  # machines must read the same links file, too
@@ -191,17 +198,18 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
     write_config(run_dir, cfg)
     t0 = time.time()
     base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
-                t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions)
+                t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions,
+                key=plan.key)
     procs = _fork_workers(plan.mine, base)
     console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
                 f"nodes in {len(plans)} processes; results in {run_dir}")
     try:
         if me == 0:
             coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
-                                      console)
+                                      console, plan.key)
             outcome, summary = asyncio.run(_coordinate(coordinator, cfg, program, graph, machines, run_dir))
         else:
-            outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console))
+            outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console, plan.key))
     finally:
         _reap(procs)
         if tmpdir:
@@ -217,6 +225,10 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
 async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, graph: nx.Graph,
                       machines: list[hostfile.Machine], run_dir: Path) -> tuple[Outcome, dict[str, Any]]:
     outcome = await coordinator.run()
+    if coordinator.refused:
+        reasons = "; ".join(f"{n} x {why}" for why, n in coordinator.refused.most_common())
+        outcome.warnings.append(f"{coordinator.refused.total()} connections to the coordinator were refused: "
+                                f"{reasons}")
     roles = {r: program.role_of(r, graph) for r in graph.nodes}
     host_of = {r: m.host for m in machines for r in m.ranks}
     rows = bandwidth_rows(outcome.traffic, roles, host_of)
@@ -234,6 +246,7 @@ async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, g
         "nodes": graph.number_of_nodes(),
         "server": graph.graph.get("server"),
         "run_id": coordinator.run_id,
+        "secure": coordinator.key is not None,
         "run_dir": str(run_dir),
         "config_fingerprint": fingerprint(cfg, graph_hash(graph)),
         "data_fingerprint": outcome.data_fingerprint,

@@ -27,7 +27,7 @@ import networkx as nx
 import zmq
 import zmq.asyncio
 
-from dsim import control
+from dsim import control, secure
 from dsim.churn import Conditions
 from dsim.config import Config
 from dsim.hosting import (
@@ -68,6 +68,7 @@ class WorkerSpec:
     first_rank: int = 0  # this machine's first rank: a node's local rank picks its GPU
     links: LinkTable | None = None  # the emulated links, resolved by the launcher (None: all ideal)
     conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
+    key: secure.RunKey | None = None  # the run key (None: plain sockets); reaches workers by fork alone
 
 
 class CoordinatorLost(Exception):
@@ -99,9 +100,11 @@ class Worker:
     async def run(self) -> int:
         self.ctx = zmq.asyncio.Context()
         self.ctx.MAX_SOCKETS = 65536
+        self.gate = secure.Gate(self.ctx, self.spec.key)
         self.ctl = self.ctx.socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.IDENTITY, self.spec.name.encode())
         self.ctl.setsockopt(zmq.LINGER, 2000)
+        secure.dial(self.ctl, self.spec.key)
         self.ctl.connect(self.spec.control)
         try:
             with contextlib.suppress(Stopped):  # told to stop before the run started
@@ -131,6 +134,7 @@ class Worker:
             if self.messages is not None:
                 self.messages.close()
             self.ctl.close(linger=1000)
+            self.gate.stop()
             self.ctx.term()
 
     async def _send(self, msg: control.Message) -> None:
@@ -173,7 +177,7 @@ class Worker:
         data: dict[int, Any] = {}
         try:
             self.devices = place_nodes(cfg, spec.program, spec.ranks, spec.first_rank)
-            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)))
+            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)), spec.key)
             hub.bind(spec.host, cfg.net.port_range)
             self.logs = open_logs(spec.run_dir, spec.ranks, spec.t0)
             self.messages = open_message_log(cfg, spec.run_dir, spec.name, spec.t0)
@@ -210,7 +214,8 @@ class Worker:
         await self._expect(control.Start, self.start_timeout)
         loop = asyncio.get_running_loop()
         self.beats = Heartbeat(zmq.Context.shadow(self.ctx.underlying), spec.control, spec.name,
-                               self.heartbeat, lambda: control.Heartbeat(name=spec.name, **self._totals()))
+                               self.heartbeat, lambda: control.Heartbeat(name=spec.name, **self._totals()),
+                               spec.key)
         self.beats.start()
         # Everything built so far lives for the whole run: keep it out of the cyclic collector's
         # scans. With thousands of nodes per process each full collection walked millions of
@@ -256,11 +261,12 @@ class Heartbeat(threading.Thread):
     for a while is slow, not dead, and must not be reported as silent. A dead process stops beating."""
 
     def __init__(self, ctx: zmq.Context, address: str, name: str, interval: float,
-                 message: Callable[[], control.Heartbeat]) -> None:
+                 message: Callable[[], control.Heartbeat], key: secure.RunKey | None = None) -> None:
         super().__init__(name=f"dsim-heartbeat-{name}", daemon=True)
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, f"{name}/hb".encode())
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure.dial(self.sock, key)
         self.sock.connect(address)
         self.interval, self.message = interval, message
         self._stop_event = threading.Event()

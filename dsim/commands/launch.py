@@ -44,10 +44,11 @@ from dsim.engines import LAUNCHERS, Start, decide, machine_out
 def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, quiet, dry_run, dataset, data_dir,
            download, partition, **flags) -> None:
     """Run node processes on a graph and write the run directory."""
+    key = None  # the run key, when machine 0's SSH launcher sent one
     if spawned:
         from dsim import ssh
 
-        cfg, shipped = ssh.receive(sys.stdin.fileno())
+        cfg, shipped, key = ssh.receive(sys.stdin.fileno())
         start = Start("none", shipped, machine_rank)
     else:
         data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
@@ -59,7 +60,7 @@ def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, 
     if dry_run:
         from dsim.dryrun import dry_run as show_plan
 
-        show_plan(cfg, hosts=start.hosts, machine_rank=start.machine_rank)
+        show_plan(cfg, hosts=start.hosts, machine_rank=start.machine_rank, ships_keys=start.launcher == "ssh")
         return
     if start.launcher == "ssh":
         from dsim.ssh import launch_over_ssh
@@ -67,5 +68,5 @@ def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, 
         sys.exit(launch_over_ssh(cfg, hosts, ssh_opts, quiet))
     from dsim.launch import launch as run_launch
 
-    code, _ = run_launch(cfg, hosts=start.hosts, machine_rank=start.machine_rank, quiet=quiet)
+    code, _ = run_launch(cfg, hosts=start.hosts, machine_rank=start.machine_rank, quiet=quiet, key=key)
     sys.exit(code)
