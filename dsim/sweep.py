@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -331,12 +332,32 @@ def write_table(parent: Path, rows: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------------- running
 
 
+class _CtrlC:
+    """SIGINT raises KeyboardInterrupt as usual and is also remembered: one swallowed on the way (an
+    exception in a finalizer is only printed) still stops the sweep once the current run returns."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+
 def run_sweep(axes: list[Axis], parent: Path, points: list[Planned], quiet: bool = False) -> int:
     """Run the points not yet done, one after another; returns the exit code (0, 1 if any point
     failed, 130 when interrupted)."""
+    ctrl_c = _CtrlC()
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        return _run(axes, parent, points, Console(quiet=quiet), ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _run(axes: list[Axis], parent: Path, points: list[Planned], console: Console, ctrl_c: _CtrlC) -> int:
     from dsim.launch import launch
 
-    console = Console(quiet=quiet)
     keys = [a.key for a in axes]
     check_parent(parent, axes, points)
     decisions = [decide(p) for p in points]  # every refusal before the first run
@@ -359,19 +380,20 @@ def run_sweep(axes: list[Axis], parent: Path, points: list[Planned], quiet: bool
             shutil.rmtree(run_dir)
         else:
             console.say(tag)
+        signal.signal(signal.SIGINT, ctrl_c)  # each run's coordinator hands SIGINT back to Python's default
+        reason = ""
         try:
-            code, _ = launch(p.cfg, quiet=quiet)
-            reason = ""
+            code, _ = launch(p.cfg, quiet=console.quiet)
         except DsimError as exc:
             console.error(f"dsim: error: sweep point {p.point.name}: {exc}")
             code, reason = exc.exit_code, str(exc)
         except KeyboardInterrupt:
-            code, reason = 130, "interrupted by the user (Ctrl-C)"
+            code = 130
         summary = _read_json(run_dir / "summary.json")
-        status = "interrupted" if code == 130 else "failed" if code == 1 else "refused" if code else "ok"
+        status = {0: "ok", 1: "failed", 130: "interrupted"}.get(code, "refused")
         rows[i] = row_of(p, keys, status, summary, reason)
         write_table(parent, rows)
-        if code == 130:
+        if code == 130 or ctrl_c.pressed:
             console.error(f"dsim: sweep interrupted at {p.point.name}; finished runs are kept; resume with "
                           f"the same command and --out {parent}")
             return 130
