@@ -153,8 +153,8 @@ def test_an_interrupted_sweep_resumes_running_only_what_did_not_finish(tmp_path)
 
 def test_a_failed_point_does_not_stop_the_others_and_is_rerun_on_resume(tmp_path) -> None:
     parent = tmp_path / "sweep"
-    cmd = [dsim_script(), "launch", "--nodes", "4", "--topology", "ring", "--set", "rounds=3", "--set",
-           "gossip.dim=4", "--sweep", "algorithm=testprogs.failing,gossip", "--out", str(parent), "--quiet"]
+    cmd = [dsim_script(), "launch", "--nodes", "4", "--topology", "ring", "--set", "rounds=3",
+           "--sweep", "algorithm=testprogs.failing,gossip", "--out", str(parent), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1, res.stderr

@@ -83,8 +83,7 @@ def _sweep(sweeps, config_file, sets, hosts, machine_rank, launcher, spawned, qu
     """--sweep: every point of the grid on this machine (dsim.sweep plans, resumes and records them)."""
     from dsim import sweep
 
-    start = decide(launcher, hosts, machine_rank)
-    if spawned or hosts or machine_rank is not None or start.engine is not None:
+    if spawned or hosts or machine_rank is not None or decide(launcher, None, None).engine is not None:
         raise DsimError("--sweep runs every point on this machine; --hosts, --machine-rank and srun/mpirun "
                         "are not supported with it (run one dsim launch per point there)")
     axes = sweep.parse_axes(sweeps)
