@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_launch import wait_for
 
 from conftest import REPO, dsim_script, read_csv, run_dsim, summary
 from dsim.errors import DsimError
 from dsim.sweep import Axis, expand, flatten_results, parse_axes, plan_sweep, split_values
-from test_launch import wait_for
 
 # FedAvg on the bundled digits, 2 clients, one round of a 4-channel ConvNet: a few seconds a run.
 TINY = ["--algorithm", "fedavg", "--nodes", "2", "--dataset", "digits", "--set", "rounds=1",
