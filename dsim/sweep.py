@@ -17,7 +17,9 @@ finished run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import itertools
@@ -27,7 +29,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,9 +188,14 @@ def _check_data(point: Point, cfg: Config) -> None:
 
 
 def _default_parent(algorithms: set[str]) -> Path:
+    """runs/<UTC time>-sweep-<algorithm>, one not taken yet (the directory is made when the sweep starts)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     tag = f"sweep-{next(iter(algorithms))}" if len(algorithms) == 1 else "sweep"
-    return Path("runs") / f"{stamp}-{tag}"
+    for attempt in itertools.count():
+        path = Path("runs") / f"{stamp}-{tag}{f'-{attempt}' if attempt else ''}"
+        if not path.exists():
+            return path
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -247,6 +254,8 @@ def decide(planned: Planned) -> tuple[str, dict[str, Any] | None]:
     run_dir = Path(planned.cfg.out)
     if not run_dir.exists():
         return "run", None
+    if not run_dir.is_dir():
+        raise DsimError(f"{run_dir} is a file where the sweep's point {planned.point.name} runs; move it away")
     summary = _read_json(run_dir / "summary.json")
     if summary and summary.get("status") == "ok":
         if summary.get("config_fingerprint") != planned.fingerprint:
@@ -350,18 +359,35 @@ def run_sweep(axes: list[Axis], parent: Path, points: list[Planned], quiet: bool
     ctrl_c = _CtrlC()
     previous = signal.signal(signal.SIGINT, ctrl_c)
     try:
-        return _run(axes, parent, points, Console(quiet=quiet), ctrl_c)
+        check_parent(parent, axes, points)
+        parent.mkdir(parents=True, exist_ok=True)
+        with _only_sweep_in(parent):
+            return _run(axes, parent, points, Console(quiet=quiet), ctrl_c)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _only_sweep_in(parent: Path) -> Iterator[None]:
+    """An exclusive lock on the parent directory for the sweep's lifetime: a second sweep started into
+    the same --out (the same command twice, by mistake) is refused instead of running points twice."""
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DsimError(f"another sweep is running in {parent}; wait for it or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _run(axes: list[Axis], parent: Path, points: list[Planned], console: Console, ctrl_c: _CtrlC) -> int:
     from dsim.launch import launch
 
     keys = [a.key for a in axes]
-    check_parent(parent, axes, points)
+    check_parent(parent, axes, points)  # again, now that no other sweep can write here
     decisions = [decide(p) for p in points]  # every refusal before the first run
-    parent.mkdir(parents=True, exist_ok=True)
     write_definition(parent, axes, points)
     rows = [row_of(p, keys, "ok" if what == "skip" else "pending", summary if what == "skip" else None)
             for p, (what, summary) in zip(points, decisions, strict=True)]

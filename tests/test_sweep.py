@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -13,7 +14,16 @@ from test_launch import wait_for
 
 from conftest import REPO, dsim_script, read_csv, run_dsim, summary
 from dsim.errors import DsimError
-from dsim.sweep import Axis, expand, flatten_results, parse_axes, plan_sweep, split_values
+from dsim.sweep import (
+    Axis,
+    check_parent,
+    expand,
+    flatten_results,
+    parse_axes,
+    plan_sweep,
+    split_values,
+    write_definition,
+)
 
 # FedAvg on the bundled digits, 2 clients, one round of a 4-channel ConvNet: a few seconds a run.
 TINY = ["--algorithm", "fedavg", "--nodes", "2", "--dataset", "digits", "--set", "rounds=1",
@@ -97,6 +107,47 @@ def test_a_sweep_over_several_machines_is_refused(tmp_path) -> None:
     res = run_dsim("launch", *TINY, "--sweep", "seed=0,1", "--hosts", str(tmp_path / "hosts"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--sweep runs every point on this machine" \
         in res.stderr, res.stderr
+
+
+def test_a_resumed_sweep_may_grow_but_not_change(tmp_path) -> None:
+    parent = tmp_path / "sweep"
+    base = {"algorithm": "gossip", "nodes": 4, "out": str(parent)}
+    axes = parse_axes(["rounds=1,2"])
+    _, points = plan_sweep(axes, None, base, [])
+    parent.mkdir()
+    write_definition(parent, axes, points)
+    grown = parse_axes(["rounds=1,2,3"])
+    check_parent(parent, grown, plan_sweep(grown, None, base, [])[1])
+    shrunk = parse_axes(["rounds=2"])
+    with pytest.raises(DsimError, match="point rounds=1, which this grid lacks"):
+        check_parent(parent, shrunk, plan_sweep(shrunk, None, base, [])[1])
+    with pytest.raises(DsimError, match="holds this sweep with another config at rounds=1"):
+        check_parent(parent, axes, plan_sweep(axes, None, base, ["seed=5"])[1])
+    other = parse_axes(["seed=1,2"])
+    with pytest.raises(DsimError, match="holds a sweep over rounds, not seed"):
+        check_parent(parent, other, plan_sweep(other, None, base, [])[1])
+
+
+def test_a_dry_run_lists_the_points_and_writes_nothing(tmp_path) -> None:
+    res = run_dsim("launch", *TINY, *GRID, "--out", str(tmp_path / "sweep"), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("dsim: dry run of a sweep of 4 runs")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == NAMES and all("to run" in x for x in lines[1:])
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_second_sweep_into_a_running_one_is_refused(tmp_path) -> None:
+    parent = tmp_path / "sweep"
+    parent.mkdir()
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running sweep holds
+        res = run_dsim("launch", *TINY, *GRID, "--out", str(parent))
+    finally:
+        os.close(fd)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "another sweep is running" in res.stderr and list(parent.iterdir()) == []
 
 
 def sweep_cmd(parent: Path, *extra: str) -> list[str]:
