@@ -108,12 +108,16 @@ def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalPr
 @contextlib.contextmanager
 def _ctrl_c_held() -> Iterator[None]:
     """Hold Ctrl-C while forking: a KeyboardInterrupt raised inside fork's at-fork hooks is printed and
-    swallowed, and the run would go on. Held, it arrives once the workers exist, and they are reaped."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    swallowed (the run would go on), and one raised between two forks loses the workers already forked.
+    Held, it is raised again once every worker exists, so they are reaped."""
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        signal.raise_signal(signal.SIGINT)  # to the handler that was there: KeyboardInterrupt as a rule
 
 
 def _reap(procs: list[LocalProc], grace: float = 10.0) -> None:

@@ -308,14 +308,27 @@ def _value_at(cfg: Config, key: str) -> Any:
     return node if _scalar(node) else json.dumps(node)
 
 
+def node_bytes_mean(run_dir: Path) -> float | None:
+    """Mean bytes sent + received per node other than the server, from bandwidth.csv: the communication
+    cost the comparisons plot accuracy against (None when the run wrote no counters)."""
+    try:
+        with open(run_dir / "bandwidth.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["role"] != "server" and r["bytes_sent"] != ""]
+    except OSError:
+        return None
+    return sum(int(r["bytes_sent"]) + int(r["bytes_recv"]) for r in rows) / len(rows) if rows else None
+
+
 def row_of(planned: Planned, keys: list[str], status: str, summary: Mapping[str, Any] | None = None,
            reason: str = "") -> dict[str, Any]:
-    """One sweep.csv row: the point's name, status, swept values, wall time, results, run id and reason."""
+    """One sweep.csv row: the point's name, status, swept values, wall time, bytes per node, results,
+    run id and reason."""
     row: dict[str, Any] = {"name": planned.point.name, "status": status}
     row.update({key: _value_at(planned.cfg, key) for key in keys})
     if summary:
         row["status"] = summary.get("status", status)
         row["wall_time_s"] = summary.get("wall_time_s")
+        row["node_bytes_mean"] = node_bytes_mean(Path(planned.cfg.out))
         for col, value in flatten_results(summary.get("results") or {}).items():
             row[f"results.{col}" if col in row or col in ("run_id", "reason") else col] = value
         row["run_id"] = summary.get("run_id")

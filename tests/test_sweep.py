@@ -164,7 +164,7 @@ def test_an_interrupted_sweep_resumes_running_only_what_did_not_finish(tmp_path)
         wait_for(lambda: (first / "summary.json").exists(), timeout=120, what="the first point's summary.json",
                  proc=proc)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)  # a run stopped before its coordinator: 10 s of reaping
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
@@ -187,6 +187,10 @@ def test_an_interrupted_sweep_resumes_running_only_what_did_not_finish(tmp_path)
     assert [(r["name"], r["status"], r["fedavg.width"], r["seed"]) for r in rows] == \
         [(n, "ok", w, s) for n, (w, s) in zip(NAMES, [("4", "0"), ("4", "1"), ("8", "0"), ("8", "1")], strict=True)]
     assert all(0 <= float(r["accuracy"]) <= 1 and float(r["wall_time_s"]) > 0 for r in rows)
+    for r in rows:  # the clients' frames, a little more than their payload bytes
+        clients = [b for b in read_csv(parent / r["name"] / "bandwidth.csv") if b["role"] == "client"]
+        assert float(r["node_bytes_mean"]) == sum(int(b["bytes_sent"]) + int(b["bytes_recv"]) for b in clients) / 2
+        assert float(r["node_bytes_mean"]) >= float(r["mean_bytes_per_client"])
     run_ids = {n: summary(parent / n)["run_id"] for n in NAMES}
     assert [r["run_id"] for r in rows] == list(run_ids.values()) and len(set(run_ids.values())) == 4
     assert sorted(p.name for p in parent.iterdir()) == sorted([*NAMES, "sweep.csv", "sweep.json"])
