@@ -8,14 +8,17 @@ machines of a hosts file follow it. Whatever happens, every worker is reaped bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,21 @@ def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalPr
         proc.start()
         procs.append(LocalProc(plan.name, plan.ranks, proc))
     return procs
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C while forking: a KeyboardInterrupt raised inside fork's at-fork hooks is printed and
+    swallowed (the run would go on), and one raised between two forks loses the workers already forked.
+    Held, it is raised again once every worker exists, so they are reaped."""
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        signal.raise_signal(signal.SIGINT)  # to the handler that was there: KeyboardInterrupt as a rule
 
 
 def _reap(procs: list[LocalProc], grace: float = 10.0) -> None:
@@ -200,10 +218,12 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
     base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
                 t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions,
                 key=plan.key)
-    procs = _fork_workers(plan.mine, base)
-    console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
-                f"nodes in {len(plans)} processes; results in {run_dir}")
+    procs: list[LocalProc] = []
     try:
+        with _ctrl_c_held():
+            procs = _fork_workers(plan.mine, base)
+        console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with "
+                    f"{graph.number_of_nodes()} nodes in {len(plans)} processes; results in {run_dir}")
         if me == 0:
             coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
                                       console, plan.key)
