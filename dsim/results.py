@@ -157,7 +157,7 @@ def _value(key: str, v: Any) -> str:
         return _percent(v)
     if isinstance(v, dict):
         numbers = [x for x in v.values() if isinstance(x, int | float) and not isinstance(x, bool)]
-        what = f"{key.rsplit('per_', 1)[1]}s" if "per_" in key else "entries"
+        what = f"{key.rsplit('per_', 1)[1]}s" if "per_" in key else "entries" if len(v) != 1 else "entry"
         if numbers and len(numbers) == len(v):
             return f"{_spread(numbers, lambda x: _value(key, x))} ({len(v)} {what})"
         return f"{len(v)} {what}" if v else "none"
@@ -207,7 +207,7 @@ def _history(history: list[dict[str, Any]]) -> str:
 _LABELS = {"mb_per_s": "throughput", "msgs_per_s": "message rate", "seconds": "time"}
 _HANDLED = {"accuracy_mean", "accuracy_std", "accuracies", "num_eval_models", "accuracy", "accuracy_min",
             "accuracy_max", "accuracy_per_node", "clients_answered", "clients_missing", "optimizer", "lr",
-            "history", "finished_t", "mean_val_gain", "search", "clients", "mean_bytes_per_client"}
+            "history", "dropped", "finished_t", "mean_val_gain", "search", "clients", "mean_bytes_per_client"}
 
 
 def result_lines(results: dict[str, Any]) -> list[str]:
@@ -232,6 +232,9 @@ def result_lines(results: dict[str, Any]) -> list[str]:
         rows.append(("validation gain", f"{100 * results['mean_val_gain']:+.2f} points (mean over clients)"))
     if results.get("history"):
         rows.append(("history", _history(results["history"])))
+    if isinstance(results.get("dropped"), dict):  # round -> clients that did not answer in it
+        n = len(results["dropped"])
+        rows.append(("dropped", f"clients missing in {n} round{'s' if n != 1 else ''}" if n else "none"))
     rows += [(_LABELS.get(k, k.replace("_", " ")), _value(k, v)) for k, v in results.items() if k not in _HANDLED]
     width = max((len(k) for k, _ in rows), default=0)
     return [f"  {k:<{width}}  {v}" for k, v in rows]
