@@ -118,6 +118,25 @@ def test_the_coordinator_state_shows_what_heartbeats_brought() -> None:
         ("node 0 server", "wait for clients", None), ("node 1 client", "distill", (40, 40, 40)), ("node 2", "", None)]
 
 
+def test_the_ml_loops_count_their_steps() -> None:
+    import torch
+
+    from dsim.ml.dm import client_mean_embeddings, distill_dm, init_from_real
+    from dsim.ml.evaluate import evaluate_synthetic
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 1, 8, 8, generator=gen), torch.arange(30) % 3
+    syn_x, syn_y = init_from_real(x, y, 1, seed=1)
+    model = {"width": 8}
+    calls: dict[str, list[tuple[int, int]]] = {"dm": [], "means": [], "eval": []}
+    distill_dm(syn_x, syn_y, x, y, iterations=3, batch_real=4, model=model, on_step=lambda *a: calls["dm"].append(a))
+    client_mean_embeddings(x, y, [5, 6], 3, batch=4, model=model, on_step=lambda *a: calls["means"].append(a))
+    evaluate_synthetic(syn_x, syn_y, x, y, num_models=2, epochs=1, model=model,
+                       on_step=lambda *a: calls["eval"].append(a))
+    assert calls == {"dm": [(0, 3), (1, 3), (2, 3), (3, 3)], "means": [(0, 2), (1, 2), (2, 2)],
+                     "eval": [(0, 2), (1, 2), (2, 2)]}
+
+
 # --- the closing results -----------------------------------------------------------------------
 def test_results_read_in_units() -> None:
     collabdm = {"accuracy_mean": 0.94153, "accuracy_std": 0.00231, "accuracies": [0.94, 0.942, 0.943],
