@@ -65,7 +65,6 @@ class Console:
 
             rich = RichConsole(file=self.stream, highlight=False)
             self._rich = rich if rich.is_interactive else None
-        self.tty = self._rich is not None
         self._live: Any = None
         self._last_plain = -float("inf")
 

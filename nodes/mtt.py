@@ -26,7 +26,7 @@ import asyncio
 import shutil
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
@@ -36,6 +36,7 @@ import numpy as np
 from msgspec import Meta
 
 from dsim.lazy import lazy_import
+from dsim.ml import StepFn
 from dsim.node import Node
 from dsim.nodes.options import ModelOptions
 from dsim.program import Program
@@ -92,7 +93,7 @@ class MTTOptions(ModelOptions):
 
 def score(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
           optimizer: str, lr: float, epochs: int, count: int, spec: Any, num_classes: int,
-          dsa_strategy: str | None, seed: int, on_step: Any = None) -> list[float]:
+          dsa_strategy: str | None, seed: int, on_step: StepFn | None = None) -> list[float]:
     """Accuracy of `count` fresh models trained on (x, y) and tested on (test_x, test_y); on_step gets
     (models scored, count)."""
     out = []
@@ -123,7 +124,7 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
 def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                         opts: MTTOptions, *, num_classes: int, dsa_strategy: str | None, seed: int,
-                        log: Any, progress: Any) -> dict[str, Any]:
+                        log: Any, progress: Callable[[str, int, int], None]) -> dict[str, Any]:
     """Grid search over (optimizer, lr) on the held-out data, then the final scores on the test set.
     `progress` is the node's (phase, step, total)."""
     spec = opts.model_spec
