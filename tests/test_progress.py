@@ -176,9 +176,11 @@ def test_durations_read_as_people_say_them() -> None:
 
 
 # --- real launches -----------------------------------------------------------------------------
-SMALL_COLLABDM = ["--nodes", "2", "--topology", "star", "--set", "dm.iterations=30", "--set", "dm.seeds=4",
+# Heartbeats (and redraws) every 0.1 s: the distill phase spans several of them even on a fast machine.
+SMALL_COLLABDM = ["--nodes", "2", "--topology", "star", "--set", "dm.iterations=100", "--set", "dm.seeds=4",
                   "--set", "dm.eval_epochs=10", "--set", "dm.eval_models=2", "--set", "dm.batch_real=16",
-                  "--set", "dm.mean_batch=16", "--set", "dm.width=16", "--set", "dm.ipc=4"]
+                  "--set", "dm.mean_batch=16", "--set", "dm.width=16", "--set", "dm.ipc=4",
+                  "--set", "net.heartbeat=0.1"]
 
 
 def run_in_terminal(args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
@@ -225,11 +227,10 @@ def test_a_terminal_shows_every_node_s_phase_and_step_live(tmp_path) -> None:
     assert code == 0, output[-3000:]
     assert "\x1b[" in output  # drawn in place, not printed line after line
     lines = screen_lines(output)
-    distill = [line for line in lines if re.match(r"node [12] client\s+distill\s+[━╺╸ ]*\d+/30\b", line)]
+    distill = [line for line in lines if re.match(r"node [12] client\s+distill\s+[━╺╸ ]*\d+/100\b", line)]
     assert distill, lines
-    assert any("ETA" in line for line in distill)
+    assert any(re.search(r"ETA \d", line) for line in distill), distill
     assert any(re.match(r"node 0 server\s+wait for clients", line) for line in lines)
-    assert any(re.match(r"node 0 server\s+(refine|evaluate model)\s+[━╺╸ ]*\d+/[24]\b", line) for line in lines)
     assert any(re.match(r"running\s+\d+\.\d s \| nodes done [0-3]/3 \| sent", line) for line in lines)
     # the display is gone before the closing output, which prints whole, line by line
     tail = ANSI.sub("", output[output.rindex("\x1b[?25h"):]).replace("\r", "").splitlines()
