@@ -109,7 +109,7 @@ class Coordinator:
         if now - self._last_tick >= self.heartbeat:
             self._last_tick = now
             self._deliver(self.state.tick())
-            self.console.status(self.state.progress(now))
+            self.console.status(lambda: self.state.progress(now))
         frames = await self._receive(min(self.heartbeat, self.state.due(now)))
         if frames is None or len(frames) != 2:
             return

@@ -44,6 +44,7 @@ from dsim.results import (
     bandwidth_rows,
     closing_table,
     make_run_dir,
+    result_lines,
     write_bandwidth,
     write_config,
     write_summary,
@@ -286,7 +287,7 @@ def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: l
         print(closing_table(rows))
     results = {k: v for k, v in summary.get("results", {}).items() if k != "per_node"}
     if results and not quiet:
-        print("results: " + ", ".join(f"{k}={_short(v)}" for k, v in results.items()))
+        print("\n".join(["results:", *result_lines(results)]))
     for warning in outcome.warnings:
         console.say(f"dsim: warning: {warning}")
     for failure in outcome.failures:
@@ -294,10 +295,3 @@ def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: l
     if outcome.status == "ok":
         console.say(f"dsim: finished in {summary.get('wall_time_s', 0):.1f} s; results in {summary.get('run_dir')}")
 
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict | list):
-        return "{...}" if isinstance(value, dict) else f"[{len(value)} items]"
-    return str(value)

@@ -23,6 +23,7 @@ import networkx as nx
 import numpy as np
 
 from dsim.nodelog import NodeLog
+from dsim.progress import BOARD
 from dsim.transport import Endpoint, Message, NodeTimeout
 
 if TYPE_CHECKING:
@@ -239,6 +240,13 @@ class Node:
         """Seconds since the run was launched, on the clock of the node's log (every event's "t"):
         what results carry so that accuracy can be plotted against time."""
         return round(time.time() - self._ctx.log.t0, 4)
+
+    def progress(self, phase: str, step: int = 0, total: int = 0) -> None:
+        """Say what this node is doing: `step` of `total` steps of `phase` done (no steps: total 0).
+
+        The launcher shows it live, per node or aggregated. It only records the latest value, so it
+        may be called every step, from `run` or from an offloaded computation's thread."""
+        BOARD.record(self.rank, phase, step, total)
 
     def log(self, **metrics: Any) -> None:
         """Record metrics (e.g. round=3, loss=0.2) in this node's jsonl log."""

@@ -47,6 +47,7 @@ from dsim.links import LinkTable
 from dsim.node import Node
 from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
+from dsim.progress import BOARD
 from dsim.transport import Endpoint, Traffic, links_settled
 from dsim.wire import WireError
 
@@ -166,6 +167,10 @@ class Worker:
                 await links_settled(self.endpoints.values(), self.heartbeat)
                 await self._send(control.Counts(name=self.spec.name, wave=msg.wave, **self._totals()))
 
+    def _beat(self) -> control.Heartbeat:
+        """The heartbeat: traffic totals, and the progress of the nodes that changed since the last beat."""
+        return control.Heartbeat(name=self.spec.name, progress=BOARD.drain(self.roles), **self._totals())
+
     def _totals(self) -> dict[str, int]:
         """Frame totals over this worker's nodes, as counts and heartbeats carry them (a lost message
         counts as received: it is no longer in flight)."""
@@ -214,8 +219,7 @@ class Worker:
         await self._expect(control.Start, self.start_timeout)
         loop = asyncio.get_running_loop()
         self.beats = Heartbeat(zmq.Context.shadow(self.ctx.underlying), spec.control, spec.name,
-                               self.heartbeat, lambda: control.Heartbeat(name=spec.name, **self._totals()),
-                               spec.key)
+                               self.heartbeat, self._beat, spec.key)
         self.beats.start()
         # Everything built so far lives for the whole run: keep it out of the cyclic collector's
         # scans. With thousands of nodes per process each full collection walked millions of
