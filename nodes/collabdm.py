@@ -80,8 +80,8 @@ class Server(Node):
         per_client = {k: [s for s, members in assignment.items() if k in members] for k in clients}
         for k in clients:
             await self.send(k, "assign", {"seeds": per_client[k]})
-        self.progress("wait for clients")
-        replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True)
+        replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True,
+                                             progress="wait for clients")
         missing = sorted(set(clients) - set(replies))
         self.use_all_cores()  # the clients are done: refinement and evaluation may use the whole machine
         if not replies:

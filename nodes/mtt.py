@@ -183,9 +183,9 @@ class Server(Node):
                     continue
 
         logger = asyncio.get_running_loop().create_task(log_progress())
-        self.progress("wait for clients")
         try:
-            replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True)
+            replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True,
+                                                 progress="wait for clients")
         finally:
             logger.cancel()
             await asyncio.gather(logger, return_exceptions=True)

@@ -18,10 +18,13 @@ from pathlib import Path
 from conftest import REPO, dsim_script, run_dsim, summary
 from dsim import control
 from dsim.console import fmt_seconds, plain_lines
+from dsim.node import Node
 from dsim.plan import WorkerPlan
-from dsim.progress import Board, NodeState, Tracker, View, summarize
+from dsim.program import Program
+from dsim.progress import BOARD, Board, NodeState, Tracker, View, summarize
 from dsim.results import result_lines
 from dsim.supervision import CoordinatorState
+from dsim.testing import run_program
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -276,3 +279,24 @@ def test_quiet_shows_nothing_when_all_goes_well(tmp_path) -> None:
                    "--out", str(tmp_path / "run"), "--quiet")
     assert res.returncode == 0 and (res.stdout, res.stderr) == ("", "")
     assert summary(tmp_path / "run")["status"] == "ok"
+
+
+class _Collector(Node):
+    async def run(self):
+        if self.rank == 0:
+            got = await self.gather("x", [1, 2, 3], progress="wait for clients")
+            seen.extend(BOARD.drain({0: "server"}))  # what the next heartbeat would carry
+            return {"got": sorted(got)}
+        await self.send(0, "x", self.rank)
+        return {}
+
+
+seen: list = []
+COLLECT = Program(name="collect", roles={"peer": _Collector})
+
+
+def test_a_gather_with_progress_counts_the_sources_heard_from() -> None:
+    BOARD.drain({})
+    run_program(COLLECT, nodes=4, topology="star", timeout=30)
+    server = [s for s in seen if s.role == "server"]
+    assert [(s.phase, s.total, s.steps) for s in server] == [("wait for clients", 3, [3])]
