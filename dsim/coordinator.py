@@ -44,8 +44,11 @@ class Coordinator:
         local: list[LocalProc],
         console: Console,
         key: secure.RunKey | None = None,
+        pressed: list[int] | None = None,
     ) -> None:
+        """`pressed`: the Ctrl-C presses the launcher held while it forked; the loop takes them over."""
         self.run_id, self.binds, self.local, self.console, self.key = run_id, binds, local, console, key
+        self._pressed = pressed if pressed is not None else []
         self.refused: Counter[str] = Counter()  # connections that failed the CURVE handshake, by reason
         net = cfg.net
         self.heartbeat = net.heartbeat
@@ -76,6 +79,9 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self.watch.start(loop, self._refuse)
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        if self._pressed:  # pressed before this handler existed: this run is interrupted all the same
+            self._pressed.clear()
+            self.interrupt()
         for proc in self.local:
             loop.add_reader(proc.process.sentinel, self._on_exit, loop, proc)
         try:

@@ -108,14 +108,16 @@ def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalPr
 
 
 @contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Hold Ctrl-C while forking: a KeyboardInterrupt raised inside fork's at-fork hooks is printed and
-    swallowed (the run would go on), and one raised between two forks loses the workers already forked.
-    Held, it is raised again once every worker exists, so they are reaped."""
+def _ctrl_c_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C while forking and until the coordinator's loop takes it: a KeyboardInterrupt raised
+    inside fork's at-fork hooks is printed and swallowed (the run would go on), one raised between two
+    forks loses the workers already forked, and one raised while the loop starts leaves the workers
+    waiting for a coordinator that is gone. The presses are collected in the yielded list; the
+    coordinator takes them over (and stops the run as interrupted); any left are raised again here."""
     pressed: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:
-        yield
+        yield pressed
     finally:
         signal.signal(signal.SIGINT, previous)
     if pressed:
@@ -221,15 +223,15 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
                 key=plan.key)
     procs: list[LocalProc] = []
     try:
-        with _ctrl_c_held():
+        with _ctrl_c_held() as pressed:
             procs = _fork_workers(plan.mine, base)
-        console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with "
-                    f"{graph.number_of_nodes()} nodes in {len(plans)} processes; results in {run_dir}")
-        if me == 0:
-            coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
-                                      console, plan.key)
-            outcome, summary = asyncio.run(_coordinate(coordinator, cfg, program, graph, machines, run_dir))
-        else:
+            console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with "
+                        f"{graph.number_of_nodes()} nodes in {len(plans)} processes; results in {run_dir}")
+            if me == 0:
+                coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
+                                          console, plan.key, pressed)
+                outcome, summary = asyncio.run(_coordinate(coordinator, cfg, program, graph, machines, run_dir))
+        if me != 0:
             outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console, plan.key))
     finally:
         _reap(procs)

@@ -7,6 +7,7 @@ cases here); the rest needs real processes: sockets, relays over TCP, failures, 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -343,3 +344,23 @@ def test_a_failed_run_under_quiet_prints_its_failure_line_and_keeps_its_files(tm
     result = summary(out)
     assert result["status"] == "failed" and result["failures"][0]["ranks"] == [1]
     assert (out / "config.toml").exists() and "error" in [e["event"] for e in node_events(out, 1)]
+
+
+def test_ctrl_c_just_after_the_fork_stops_the_run_as_interrupted(tmp_path) -> None:
+    """The press lands before the coordinator's loop exists: it is held, then stops the run cleanly."""
+    proc, out = launch_background(tmp_path, "--nodes", "3", "--topology", "ring", "--algorithm", "gossip",
+                                  "--set", "rounds=1000000")
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 60)
+        assert ready, "no line from the launcher in 60 s"
+        first = proc.stderr.readline()  # printed once every worker is forked, before the coordinator starts
+        assert "results in" in first, first
+        workers = [c.pid for c in psutil.Process(proc.pid).children()]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert summary(out)["status"] == "interrupted"
+    assert workers and all_gone(workers)
