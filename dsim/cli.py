@@ -14,6 +14,7 @@ COMMANDS = {
     "launch": "dsim.commands.launch:launch",
     "topology": "dsim.commands.topology:topology",
     "partition": "dsim.commands.partition:partition",
+    "report": "dsim.commands.report:report",
 }
 
 

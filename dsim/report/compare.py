@@ -1,0 +1,108 @@
+"""Several runs side by side: the config keys that differ, status, time, headline results, bytes,
+and each shared metric's curves overlaid (the mean over nodes at each round or step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dsim.report.charts import BYTES, MAX_SERIES
+from dsim.report.metrics import Series, headline, metric_series
+from dsim.report.rundir import RunData, flat_config
+
+# Keys that differ between any two runs without saying anything about the experiment.
+IGNORED_KEYS = {"out"}
+
+
+def differing_keys(runs: list[RunData]) -> list[str]:
+    """Config keys (dotted) whose values are not the same in every run, in config order."""
+    flats = [flat_config(r.config) for r in runs]
+    keys: list[str] = []
+    for flat in flats:
+        keys += [k for k in flat if k not in keys]
+    return [k for k in keys if k not in IGNORED_KEYS and len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def traffic_totals(run: RunData) -> dict[str, float]:
+    sent = [float(r.get("bytes_sent") or 0) for r in run.bandwidth]
+    return {"bytes_total": float(sum(sent)), "bytes_per_node": float(np.mean(sent)) if sent else 0.0,
+            "bytes_max_node": float(max(sent, default=0.0))}
+
+
+def comparison_rows(runs: list[RunData]) -> tuple[list[str], list[list[Any]]]:
+    """Header and one row per run: name, differing keys, status, wall time, results, traffic."""
+    keys = differing_keys(runs)
+    flats = [flat_config(r.config) for r in runs]
+    results = [headline(r.summary.get("results") or {}) for r in runs]
+    result_keys: list[str] = []
+    for res in results:
+        result_keys += [k for k in res if k not in result_keys]
+    header = ["run", *keys, "status", "wall time (s)", *result_keys, "bytes sent / node", "bytes sent (total)"]
+    rows = []
+    for run, flat, res in zip(runs, flats, results, strict=True):
+        traffic = traffic_totals(run)
+        rows.append([run.name, *(flat.get(k, "") for k in keys), run.status, run.summary.get("wall_time_s", ""),
+                     *(res.get(k, "") for k in result_keys), ("bytes", traffic["bytes_per_node"]),
+                     ("bytes", traffic["bytes_total"])])
+    return header, rows
+
+
+def overlay_chart(runs: list[RunData]) -> Figure | None:
+    """Each quantity logged by two or more runs: one panel against round/step, one against time,
+    one line per run."""
+    per_run = [{(s.phase, s.quantity): s for s in metric_series(r.of_kind("metric"))} for r in runs]
+    counts: dict[tuple[str, str], int] = {}
+    for found in per_run:
+        for key in found:
+            counts[key] = counts.get(key, 0) + 1
+    shared = [k for k, n in counts.items() if n >= 2]
+    if not shared:
+        return None
+    order = {(s.phase, s.quantity): i for i, s in enumerate(
+        sorted((next(f[k] for f in per_run if k in f) for k in shared),
+               key=lambda s: (0 if "acc" in s.quantity else 1 if "loss" in s.quantity else 2, s.phase)))}
+    shared = sorted(shared, key=order.get)[:MAX_SERIES]
+    fig = Figure(figsize=(11.0, 2.9 * len(shared)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(shared), 2, squeeze=False))
+    for row, key in zip(axes, shared, strict=True):
+        x_name = ""
+        for i, (run, found) in enumerate(zip(runs, per_run, strict=True)):
+            s: Series | None = found.get(key)
+            if s is None:
+                continue
+            x_name = x_name or s.x_name
+            x, t, y = s.mean_curve()
+            style = {"color": f"C{i % 10}", "lw": 1.3, "label": run.name, "marker": "." if len(x) < 30 else None}
+            row[0].plot(x, y, **style)
+            row[1].plot(t, y, **style)
+        label = f"{key[0]} {key[1]}" if key[0] else key[1]
+        row[0].set_ylabel(label)
+        row[0].set_xlabel(x_name or "record")
+        row[1].set_xlabel("seconds since launch")
+        for ax in row:
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.suptitle("metrics of the compared runs (mean over nodes)")
+    return fig
+
+
+def bytes_chart(runs: list[RunData]) -> Figure | None:
+    """Mean and largest bytes sent per node, run by run."""
+    if not any(r.bandwidth for r in runs):
+        return None
+    totals = [traffic_totals(r) for r in runs]
+    fig = Figure(figsize=(max(5.0, 1.1 * len(runs) + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(runs))
+    ax.bar(x - 0.2, [t["bytes_per_node"] for t in totals], 0.4, label="mean per node")
+    ax.bar(x + 0.2, [t["bytes_max_node"] for t in totals], 0.4, label="busiest node")
+    ax.set_xticks(x, [r.name for r in runs], rotation=20 if len(runs) > 4 else 0, ha="right" if len(runs) > 4 else "center",
+                  fontsize=8)
+    ax.yaxis.set_major_formatter(BYTES)
+    ax.set_ylabel("bytes sent")
+    ax.set_title("bytes sent per node")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
