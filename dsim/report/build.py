@@ -7,15 +7,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
 from dsim.errors import DsimError
 from dsim.report import charts, compare
 from dsim.report.metrics import headline, metric_series
-from dsim.report.page import Figures, Markup, esc, facts, frame, note, section, slug, status_html, table
+from dsim.report.page import (
+    Figures,
+    Markup,
+    esc,
+    facts,
+    frame,
+    note,
+    section,
+    slug,
+    status_html,
+    table,
+)
 from dsim.report.rundir import RunData, expand, load_run
-
-matplotlib.use("Agg")  # figures only go to files; never look for a display
 
 SYNTHETIC_ALGORITHMS = {"base", "localdm", "collabdm", "mtt"}
 SECTIONS = [("overview", "Overview"), ("bandwidth", "Bandwidth"), ("kinds", "By kind"), ("messages", "Messages"),
