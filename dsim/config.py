@@ -48,6 +48,7 @@ class NetOptions(Options):
     heartbeat: Annotated[float, Meta(gt=0, description="seconds between a worker's heartbeats")] = 0.5
     heartbeat_timeout: Annotated[float, Meta(gt=0, description="seconds of silence after which a process counts as dead")] = 60.0
     start_timeout: Annotated[float, Meta(gt=0, description="seconds allowed for registration, links and the start barrier")] = 120.0
+    message_log: Annotated[bool, Meta(description="write every message's send, receipt, relay, loss or drop to messages/<process>.csv (who sent what to whom, when; what `dsim report` draws the timeline from)")] = True
     event_loop: Annotated[EventLoop, Meta(description="node processes' loop: auto (uvloop when installed), uvloop or asyncio")] = "auto"
 
     def __post_init__(self) -> None:

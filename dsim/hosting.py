@@ -22,7 +22,7 @@ from dsim.devices import node_devices, on_device, peak_memory_mb, prepare_proces
 from dsim.errors import DsimError
 from dsim.links import LinkTable, build_links
 from dsim.node import Node, NodeContext
-from dsim.nodelog import NodeLog, json_safe
+from dsim.nodelog import MessageLog, NodeLog, json_safe
 from dsim.options import to_dict
 from dsim.program import Program
 from dsim.routing import Routes
@@ -56,6 +56,15 @@ def open_logs(run_dir: Path, ranks: list[int], t0: float) -> dict[int, NodeLog]:
     return {rank: NodeLog(folder / f"{rank}.jsonl", rank, t0) for rank in ranks}
 
 
+def open_message_log(cfg: Config, run_dir: Path, process: str, t0: float) -> MessageLog | None:
+    """The process's message log, messages/<process>.csv, or None when `net.message_log` is off."""
+    if not cfg.net.message_log:
+        return None
+    folder = run_dir / "messages"
+    folder.mkdir(parents=True, exist_ok=True)
+    return MessageLog(folder / f"{process}.csv", t0)
+
+
 def link_table(cfg: Config, program: Program, graph: nx.Graph) -> LinkTable | None:
     """The run's emulated links ([links] and its file, checked against the graph), None when all are
     ideal; what the launcher resolves before it forks and the harness before it builds nodes."""
@@ -69,12 +78,14 @@ def node_conditions(cfg: Config, program: Program, graph: nx.Graph) -> Condition
 
 
 def make_endpoint(hub: Hub | None, cfg: Config, graph: nx.Graph, rank: int,
-                  log: NodeLog, links: LinkTable | None = None) -> Endpoint:
+                  log: NodeLog, links: LinkTable | None = None, messages: MessageLog | None = None) -> Endpoint:
     """The node's endpoint, unconnected, on its process's hub; `hub=None` makes one without sockets,
-    whose neighbours must all be reached in memory. `links`: the run's link table (None: ideal links)."""
+    whose neighbours must all be reached in memory. `links`: the run's link table (None: ideal links);
+    `messages`: its process's message log (None: off)."""
     neighbours = tuple(sorted(graph.neighbors(rank)))
     max_bytes = int(cfg.net.max_message_mb * (1 << 20))
-    return Endpoint(hub, rank, neighbours, Routes(graph, rank), max_bytes, log.write, links)
+    return Endpoint(hub, rank, neighbours, Routes(graph, rank), max_bytes, log.write, links,
+                    None if messages is None else messages.record)
 
 
 def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:

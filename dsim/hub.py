@@ -33,7 +33,23 @@ if TYPE_CHECKING:
 HOP = struct.Struct("<II")  # (hop sender rank, hop receiver rank)
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 _NOBLOCK = int(zmq.NOBLOCK)
-_DRAIN_BATCH = 256  # frames handled per loop turn before other tasks get a turn
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_DRAIN_BATCH = 256  # messages handled per loop turn before other tasks get a turn
+# The hot path calls pyzmq's compiled socket methods directly. Its Python layer (send_multipart,
+# recv_multipart) costs about 10 us a message in flag enums and checks, and ends every drain with a
+# ZMQError built from errno: as much as the rest of a small message's path.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+
+
+def send_now(sock: zmq.Socket, frames: list, copy: bool = True) -> None:
+    """Queue a multipart message without waiting; zmq.Again when the socket would block (nothing is
+    queued then: a message is accepted whole from its first frame on)."""
+    for frame in frames[:-1]:
+        _send(sock, frame, _MORE_NOBLOCK, copy)
+    _send(sock, frames[-1], _NOBLOCK, copy)
 
 
 def hop_frame(src: int, dst: int) -> bytes:
@@ -113,15 +129,20 @@ class Hub:
         return self._fast[address], self._dealers[address]
 
     def _drain(self) -> None:
-        """Receive everything queued on the ROUTER (its FD is edge-triggered), a bounded batch at a time."""
+        """Receive everything queued on the ROUTER, a bounded batch at a time. Its FD is edge-triggered:
+        it signals again only once ZMQ_EVENTS has been read showing nothing left, as this loop ends."""
         if self._reader_fd is None:
             return
-        recv = self._router_fast.recv_multipart
-        try:
-            for _ in range(_DRAIN_BATCH):
-                self._dispatch(recv(_NOBLOCK, copy=False))
-        except zmq.Again:
-            return
+        sock = self._router_fast
+        for _ in range(_DRAIN_BATCH):
+            if not _get(sock, _EVENTS) & _POLLIN:
+                return
+            frame = _recv(sock, _NOBLOCK, False)
+            frames = [frame]
+            while frame.more:
+                frame = _recv(sock, _NOBLOCK, False)
+                frames.append(frame)
+            self._dispatch(frames)
         self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
 
     def _dispatch(self, frames: list[zmq.Frame]) -> None:

@@ -1,10 +1,15 @@
-"""Per-node event log: one JSON object per line in ``nodes/<rank>.jsonl``, flushed as it is written.
+"""Per-node event logs, ``nodes/<rank>.jsonl``, and the per-process message log, ``messages/<process>.csv``.
 
-Lines are written as they happen, so a run that fails keeps everything its nodes logged up to then.
+Event lines are written as they happen, so a run that fails keeps everything its nodes logged up to
+then. The message log has one row per message a node sent, received, relayed, lost or dropped (who
+sent what to whom, when): many rows per second, so it is buffered per process and flushed at least
+every second and when the process closes it.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import time
@@ -43,3 +48,49 @@ class NodeLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+MESSAGE_COLUMNS = ("t", "node", "event", "src", "dst", "kind", "bytes")
+MESSAGE_EVENTS = ("sent", "recv", "relayed", "lost", "dropped")
+_FLUSH_EVERY_S = 1.0
+
+
+class MessageLog:
+    """One process's message log: CSV rows `t,node,event,src,dst,kind,bytes`.
+
+    `t` is seconds since the launch (the event logs' clock); `node` is the node that logged the row;
+    `src` and `dst` are the message's original sender and final receiver (-1 where a dropped frame
+    did not say); `bytes` its frames' size as counted in bandwidth.csv."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self.t0 = t0
+        new = not path.exists()
+        self._fh = open(path, "a", buffering=1 << 16, newline="", encoding="utf-8")
+        self._write = self._fh.write  # the hot path: one bound call per row
+        if new:
+            self._write(",".join(MESSAGE_COLUMNS) + "\n")
+        self._next_flush = time.time() + _FLUSH_EVERY_S
+        self._kinds: dict[str, str] = {}  # each kind as it is written (CSV-quoted when it must be)
+
+    def record(self, node: int, event: str, src: int, dst: int, kind: str, nbytes: int) -> None:
+        now = time.time()
+        cell = self._kinds.get(kind)
+        if cell is None:
+            cell = self._kinds[kind] = _csv_cell(kind)
+        self._write(f"{now - self.t0:.6f},{node},{event},{src},{dst},{cell},{nbytes}\n")
+        if now >= self._next_flush:
+            self._next_flush = now + _FLUSH_EVERY_S
+            self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def _csv_cell(text: str) -> str:
+    """A program's kind as one CSV cell: as it is, or quoted when it holds a comma, quote or newline."""
+    if not any(c in text for c in ',"\r\n'):
+        return text
+    out = io.StringIO()
+    csv.writer(out).writerow([text])
+    return out.getvalue().rstrip("\r\n")

@@ -52,12 +52,13 @@ from dsim.hosting import (
     make_endpoint,
     node_conditions,
     open_logs,
+    open_message_log,
     place_nodes,
     run_node,
 )
 from dsim.launch import build_graph
 from dsim.links import LinkTable
-from dsim.nodelog import NodeLog
+from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
 from dsim.programs import load_program
 from dsim.results import bandwidth_rows, write_bandwidth, write_config
@@ -182,12 +183,14 @@ class _Setup:
         logs: dict[int, NodeLog] = {}
         endpoints: dict[int, Endpoint] = {}
         tasks: dict[asyncio.Task, int] = {}
+        messages: MessageLog | None = None
         try:
             data = {}
             logs.update(open_logs(self.run_dir, ranks, t0))
+            messages = open_message_log(cfg, self.run_dir, "harness", t0)
             for rank in ranks:
                 log = logs[rank]
-                endpoints[rank] = make_endpoint(None, cfg, graph, rank, log, self.links)
+                endpoints[rank] = make_endpoint(None, cfg, graph, rank, log, self.links, messages)
                 log_start(log, self.role(rank), endpoints[rank], devices[rank])
                 if program.uses_data:
                     data[rank] = self._share(rank, devices[rank])
@@ -209,6 +212,8 @@ class _Setup:
                 ep.close()
             for log in logs.values():
                 log.close()
+            if messages is not None:
+                messages.close()
         write_bandwidth(self.run_dir, bandwidth_rows(traffic, {r: self.role(r) for r in ranks}, {}))
         return HarnessResult(results=results, summary=program.summarize(results, graph), traffic=traffic,
                              logs={rank: _read_log(self.run_dir, rank) for rank in ranks}, graph=graph,

@@ -37,17 +37,20 @@ import zmq.asyncio
 
 from dsim import wire
 from dsim.churn import Schedule
-from dsim.hub import Hub, hop_frame
+from dsim.hub import Hub, hop_frame, send_now
 from dsim.links import Link, LinkSpec, LinkTable
 from dsim.routing import Routes
 
-_NOBLOCK = int(zmq.NOBLOCK)
 ZERO_COPY_FROM = 1 << 16  # a message this large waits in its link queue as zmq frames, sent without a copy
 SOON_S = 50e-6  # a link head due sooner than this is checked on the next loop turn, not by a timer
 # Loop timers have millisecond resolution (uvloop rounds to whole ms and can fire up to ~1 ms early):
 # a shorter one fires at once and the early pump would spin. Waits of SOON_S-1 ms may end late by < 1 ms.
 TIMER_FLOOR_S = 1e-3
 _clock = time.monotonic  # the link model's clock: system-wide, so two processes' timestamps compare
+
+
+# A message log's row: (node that logs, event, original sender, final receiver, kind, bytes).
+Trace = Callable[[int, str, int, int, str, int], None]
 
 
 class NodeTimeout(TimeoutError):
@@ -210,6 +213,7 @@ class Endpoint:
         max_bytes: int,
         log: Callable[..., None],
         links: LinkTable | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self.hub, self.rank = hub, rank
         self.run = ""  # the run id arrives with the peer table
@@ -218,6 +222,7 @@ class Endpoint:
         self.next_hop = next_hop
         self.max_bytes = max_bytes
         self.log = log
+        self._trace = trace  # the process's message log (MessageLog.record), None when it is off
         self.counters = Counters()
         self.mailbox = Mailbox()
         self.hello_from: set[int] = set()
@@ -287,8 +292,10 @@ class Endpoint:
                 f"node {self.rank}: '{kind}' message to {dst} is {nbytes} bytes, over net.max_message_mb"
             )
         self.counters.sent(kind, nbytes)
+        if self._trace is not None:
+            self._trace(self.rank, "sent", self.rank, dst, kind, nbytes)
         if self._links is not None:
-            self._shape(hop, frames, nbytes, kind, dst, relayed=False)
+            self._shape(hop, frames, nbytes, kind, self.rank, dst)
             return nbytes
         peer = self._local.get(hop)
         if peer is not None:  # a snapshot, as a socket takes: later writes to the arrays do not travel
@@ -296,7 +303,7 @@ class Endpoint:
             return nbytes
         frames.insert(0, self._hop[hop])
         try:
-            self._fast[hop].send_multipart(frames, flags=_NOBLOCK, copy=True)
+            send_now(self._fast[hop], frames)
         except zmq.Again:
             await asyncio.wait_for(self._dealers[hop].send_multipart(frames, copy=True), timeout)
         return nbytes
@@ -310,10 +317,14 @@ class Endpoint:
         if self._open:  # closed endpoints lose what was in flight, as sockets do
             self._handle(src, body)
 
-    def _drop(self, reason: str, nbytes: int, peer: str) -> None:
+    def _drop(self, reason: str, nbytes: int, peer: int | str) -> None:
+        """Count, log and trace a frame that is not delivered; `peer`: the neighbour it came from, or
+        how the hub names a sender that is not one."""
         self.counters.msgs_dropped += 1
         self.counters.bytes_dropped += nbytes
-        self.log("dropped", reason=reason, nbytes=nbytes, peer=peer)
+        self.log("dropped", reason=reason, nbytes=nbytes, peer=f"node {peer}" if isinstance(peer, int) else peer)
+        if self._trace is not None:
+            self._trace(self.rank, "dropped", peer if isinstance(peer, int) else -1, self.rank, "", nbytes)
 
     def _handle(self, peer: int, body: list) -> None:
         """Deliver, relay or drop one message from neighbour `peer` (body: its frames' buffers).
@@ -321,26 +332,30 @@ class Endpoint:
         No await here: relays count atomically."""
         nbytes = sum(len(f) for f in body)
         if not body:
-            return self._drop("empty message", nbytes, f"node {peer}")
+            return self._drop("empty message", nbytes, peer)
         if nbytes > self.max_bytes:
-            return self._drop("too large", nbytes, f"node {peer}")
+            return self._drop("too large", nbytes, peer)
         if peer not in self._neighbour_set:
-            return self._drop("sender is not a neighbour", nbytes, f"node {peer}")
+            return self._drop("sender is not a neighbour", nbytes, peer)
         try:
             header, payload = wire.decode(body[0], body[1:])
         except wire.WireError as exc:
-            return self._drop(str(exc), nbytes, f"node {peer}")
+            return self._drop(str(exc), nbytes, peer)
         if header.run != self.run:
-            return self._drop(f"from another run ({header.run[:16]})", nbytes, f"node {peer}")
+            return self._drop(f"from another run ({header.run[:16]})", nbytes, peer)
         if self._offline is not None and self.offline_now():  # an offline node receives nothing
             self.counters.lost(nbytes)
             self.log("lost", reason="receiver offline", kind=header.kind, src=header.src, nbytes=nbytes)
+            if self._trace is not None:
+                self._trace(self.rank, "lost", header.src, header.dst, header.kind, nbytes)
             return None
         self.counters.received(header.kind, nbytes)
         if self._links is not None:
             self.counters.recv_s += nbytes * self._cost_in[peer]
         if header.dst != self.rank:
             return self._relay(header, body, nbytes)
+        if self._trace is not None:
+            self._trace(self.rank, "recv", header.src, self.rank, header.kind, nbytes)
         if header.kind == "hello":
             self.hello_from.add(peer)
             if len(self.hello_from) == len(self.neighbours):
@@ -354,13 +369,17 @@ class Endpoint:
         peer = self._local.get(hop)
         if hop is None or (hop not in self._fast and peer is None):
             self.log("dropped", reason=f"no route to {header.dst}", nbytes=nbytes)
+            if self._trace is not None:
+                self._trace(self.rank, "dropped", header.src, header.dst, header.kind, nbytes)
             return
         self.counters.sent(header.kind, nbytes)
         self.counters.bytes_relayed += nbytes
         self.counters.msgs_relayed += 1
+        if self._trace is not None:
+            self._trace(self.rank, "relayed", header.src, header.dst, header.kind, nbytes)
         # Synchronous enqueue keeps "received" and "forwarded" in one step for termination counting.
         if self._links is not None:
-            self._shape(hop, body, nbytes, header.kind, header.dst, relayed=True)
+            self._shape(hop, body, nbytes, header.kind, header.src, header.dst)
         elif peer is not None:
             peer.deliver(self.rank, body)
         else:
@@ -387,23 +406,20 @@ class Endpoint:
         now = _clock() - self._t_start
         return [(a, min(b, now)) for a, b in self._offline.periods if a <= now]
 
-    def _shape(self, hop: int, frames: list, nbytes: int, kind: str, dst: int, relayed: bool) -> None:
-        """Put a counted message on the link to `hop`: lost (counted, logged), or handed over at its
-        arrival time, after every message before it on that link. Greetings are never lost; nothing
-        leaves a node that is offline."""
+    def _shape(self, hop: int, frames: list, nbytes: int, kind: str, src: int, dst: int) -> None:
+        """Put a counted message (this node's own, or one it relays from `src`) on the link to `hop`:
+        lost (counted, logged), or handed over at its arrival time, after every message before it on
+        that link. Greetings are never lost; nothing leaves a node that is offline."""
         link = self._links[hop]
+        relayed = src != self.rank
         now = _clock()
         if self._offline is not None and self._offline.offline_at(now - self._t_start):
-            self.counters.lost(nbytes)
-            self.log("lost", reason="sender offline", kind=kind, dst=dst, hop=hop, nbytes=nbytes)
-            return
+            return self._lose("sender offline", nbytes, kind, src, dst, hop)
         arrival, tx, delay = link.admit(nbytes, now, lossy=kind != "hello")
         counters = self.counters
         counters.send_s += tx
         if arrival is None:
-            counters.lost(nbytes)
-            self.log("lost", reason="link loss", kind=kind, dst=dst, hop=hop, nbytes=nbytes)
-            return
+            return self._lose("link loss", nbytes, kind, src, dst, hop)
         counters.latency_s += delay
         queue = link.queue
         if not queue and arrival <= now:  # an ideal link with nothing waiting: hand over now
@@ -416,10 +432,17 @@ class Endpoint:
             body, copy = _snapshot(frames), True
         else:  # zmq's own copy, sent as it is (a large bytes copy handed to zmq costs ms in malloc churn)
             body, copy = [frames[0], *(zmq.Frame(f, copy=True) for f in frames[1:])], False
-        queue.append((arrival, body, copy, nbytes, kind, dst))
+        queue.append((arrival, body, copy, nbytes, kind, src, dst))
         self.queued += 1
         if len(queue) == 1 and link.stall is None:
             self._arm(hop, link, arrival - now)
+
+    def _lose(self, reason: str, nbytes: int, kind: str, src: int, dst: int, hop: int) -> None:
+        """A message that leaves the network on this node's link to `hop`: counted, logged, traced."""
+        self.counters.lost(nbytes)
+        self.log("lost", reason=reason, kind=kind, dst=dst, hop=hop, nbytes=nbytes)
+        if self._trace is not None:
+            self._trace(self.rank, "lost", src, dst, kind, nbytes)
 
     def _transmit(self, hop: int, body: list, copy: bool) -> bool:
         """Hand frames to the in-memory receiver or the socket; False when the socket would block."""
@@ -428,7 +451,7 @@ class Endpoint:
             peer.deliver(self.rank, body)
             return True
         try:
-            self._fast[hop].send_multipart([self._hop[hop], *body], flags=_NOBLOCK, copy=copy)
+            send_now(self._fast[hop], [self._hop[hop], *body], copy)
         except zmq.Again:
             return False
         return True
@@ -492,9 +515,8 @@ class Endpoint:
                     handle.cancel()
             link.timer = link.stall = None
             while link.queue:
-                _, _, _, nbytes, kind, dst = link.queue.popleft()
-                self.counters.lost(nbytes)
-                self.log("lost", reason=reason, kind=kind, dst=dst, hop=hop, nbytes=nbytes)
+                _, _, _, nbytes, kind, src, dst = link.queue.popleft()
+                self._lose(reason, nbytes, kind, src, dst, hop)
                 count += 1
         self.queued = 0
         if self._idle is not None:

@@ -38,13 +38,14 @@ from dsim.hosting import (
     log_traffic,
     make_endpoint,
     open_logs,
+    open_message_log,
     place_nodes,
     run_node,
 )
 from dsim.hub import Hub
 from dsim.links import LinkTable
 from dsim.node import Node
-from dsim.nodelog import NodeLog
+from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
 from dsim.transport import Endpoint, links_settled
 from dsim.wire import WireError
@@ -88,6 +89,7 @@ class Worker:
         self.hub: Hub | None = None
         self.endpoints: dict[int, Endpoint] = {}
         self.logs: dict[int, NodeLog] = {}
+        self.messages: MessageLog | None = None
         self.roles: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.beats: Heartbeat | None = None
@@ -125,6 +127,8 @@ class Worker:
                 self.hub.close()
             for log in self.logs.values():
                 log.close()
+            if self.messages is not None:
+                self.messages.close()
             self.ctl.close(linger=1000)
             self.ctx.term()
 
@@ -172,11 +176,12 @@ class Worker:
             hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)))
             hub.bind(spec.host, cfg.net.port_range)
             self.logs = open_logs(spec.run_dir, spec.ranks, spec.t0)
+            self.messages = open_message_log(cfg, spec.run_dir, spec.name, spec.t0)
             for rank in spec.ranks:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
                 log = self.logs[rank]
-                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links)
+                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links, self.messages)
                 hub.attach(ep)
                 log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
