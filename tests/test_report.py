@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import node_events, run_dsim, summary
+from conftest import node_events, read_csv, run_dsim, summary
 from dsim.report.browser import find_chromium
 from dsim.report.messages import deliveries, read_messages
 
@@ -66,6 +66,11 @@ def test_one_run_page_and_pngs(runs):
         'id="labels"')[1])
     assert row is not None and int(row.group(1)) == share["train"]
     assert "distill loss" in page and "server_refine loss" in page
+    # The message log: one arrow per message, and every message of bandwidth.csv is in it.
+    assert "timeline" in charts and "matrix" in charts
+    sent = sum(int(r["msgs_sent"]) for r in read_csv(run / "bandwidth.csv"))
+    assert f'<tr><th>sent events</th><td class="num" data-v="{sent}">' in page
+    assert "every message" in page and "One line per message" in page
 
 
 def test_share_event_counts_every_train_sample(runs):
@@ -99,9 +104,26 @@ def test_parent_folder_stands_for_its_runs(runs):
     assert f"dsim report: {len(RUNS)} runs" in page
 
 
+def test_large_run_is_summarised(tmp_path):
+    """60 gossip nodes: traffic per node over time bins instead of 2,000 arrows, and all of it read."""
+    run = tmp_path / "gossip"
+    proc = run_dsim("launch", "--nodes", "60", "--topology", "regular", "--algorithm", "gossip", "--set", "rounds=5",
+                    "--nodes-per-process", "20", "--out", str(run), "--quiet", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    rc, _, err = report(str(run))
+    assert rc == 0, err
+    page = (run / "report.html").read_text()
+    assert "Too many nodes or messages to draw one by one" in page
+    assert {"bandwidth", "kinds", "timeline", "matrix", "metrics"} <= set(images_in(page))
+    sent = sum(int(r["msgs_sent"]) for r in read_csv(run / "bandwidth.csv"))
+    assert sent > 60 * 4 * 5 and f'<tr><th>sent events</th><td class="num" data-v="{sent}">' in page
+    assert "every message" not in page
+    assert "this program uses no data" in page.split('id="labels"')[1]
+
+
 def test_older_run_without_share_events_or_message_log(runs, tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(runs / "fedavg", old, ignore=shutil.ignore_patterns("report*", "*.messages.csv"))
+    shutil.copytree(runs / "fedavg", old, ignore=shutil.ignore_patterns("report*", "messages"))
     for log in (old / "nodes").glob("*.jsonl"):
         lines = [line for line in log.read_text().splitlines() if json.loads(line)["event"] != "share"]
         log.write_text("\n".join(lines) + "\n")
@@ -127,13 +149,13 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, case):
 
 def test_deliveries_pair_sends_with_arrivals_past_a_loss(tmp_path):
     """FIFO pairing per link: a lost message is taken out, so the next arrival is the next send."""
-    nodes = tmp_path / "nodes"
-    nodes.mkdir()
-    (nodes / "1.messages.csv").write_text("t,event,src,dst,kind,bytes\n"
-                                          "1.0,sent,1,2,x,10\n2.0,sent,1,2,x,10\n3.0,sent,1,2,x,10\n"
-                                          "2.1,lost,1,2,x,10\n")
-    (nodes / "2.messages.csv").write_text("t,event,src,dst,kind,bytes\n1.5,recv,1,2,x,10\n3.5,recv,1,2,x,10\n")
-    d = deliveries(read_messages(nodes))
+    folder = tmp_path / "messages"
+    folder.mkdir()
+    (folder / "w0.0.csv").write_text("t,node,event,src,dst,kind,bytes\n"
+                                     "1.0,1,sent,1,2,x,10\n2.0,1,sent,1,2,x,10\n3.0,1,sent,1,2,x,10\n"
+                                     "2.1,1,lost,1,2,x,10\n")
+    (folder / "w0.1.csv").write_text("t,node,event,src,dst,kind,bytes\n1.5,2,recv,1,2,x,10\n3.5,2,recv,1,2,x,10\n")
+    d = deliveries(read_messages(tmp_path))
     assert d.t_sent.tolist() == [1.0, 2.0, 3.0]
     assert d.t_recv[0] == 1.5 and np.isnan(d.t_recv[1]) and d.t_recv[2] == 3.5
 

@@ -7,8 +7,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dsim.errors import DsimError
 from dsim.report import charts, compare
+from dsim.report.messages import deliveries
 from dsim.report.metrics import headline, metric_series
 from dsim.report.page import (
     Figures,
@@ -195,7 +198,7 @@ def kinds(run: RunData, figures: Figures) -> str:
 def messages(run: RunData, figures: Figures) -> str:
     log = run.messages
     if log is None:
-        return note("no message log in this run (nodes/<rank>.messages.csv)")
+        return note("no message log in this run (messages/<process>.csv; `net.message_log` on)")
     if not len(log):
         return note("the message log is empty")
     counts = {ev: int(log.select(ev).sum()) for ev in ("sent", "recv", "relayed", "lost", "dropped")}
@@ -207,6 +210,13 @@ def messages(run: RunData, figures: Figures) -> str:
                "all nodes' bytes by kind.")
     out += figures.embed(charts.timeline_chart(run), "timeline", caption)
     out += figures.embed(charts.matrix_chart(run), "matrix", "Bytes from each original sender to each final receiver.")
+    if few:
+        d = deliveries(log)
+        rows = [[float(round(ts, 4)), "" if np.isnan(tr) else float(round(tr, 4)), int(s), int(r), log.kinds[k],
+                 ("bytes", int(b))] for ts, tr, s, r, k, b in zip(d.t_sent, d.t_recv, d.src, d.dst, d.kind, d.nbytes,
+                                                                   strict=True)]
+        out += table(["sent (s)", "received (s)", "from", "to", "kind", "bytes"], rows, fold_over=1,
+                     summary="every message")
     return out
 
 
@@ -228,6 +238,8 @@ def metrics(run: RunData, figures: Figures) -> str:
 
 def labels(run: RunData, figures: Figures) -> str:
     shares = run.shares()
+    if shares is None and "data_fingerprint" in run.summary and not run.summary["data_fingerprint"]:
+        return note("this program uses no data")
     if shares is None:
         return note("not recorded (runs before the nodes' `share` event do not carry label counts)")
     fig = charts.labels_chart(run, shares)

@@ -112,8 +112,12 @@ def timeline_chart(run: RunData) -> Figure | None:
             segs = np.stack([np.column_stack([d.t_sent[m], d.src[m]]), np.column_stack([d.t_recv[m], d.dst[m]])],
                             axis=1)
             ax.add_collection(LineCollection(segs, colors=[colours[name]], linewidths=0.9, alpha=0.75))
-            ax.scatter(d.t_recv[m], d.dst[m], s=9, color=colours[name], marker=">", zorder=3,
-                       label=f"{name} ({int(m.sum())})")
+            ax.scatter(d.t_sent[m], d.src[m], s=10, facecolors="none", edgecolors=[colours[name]], zorder=3,
+                       linewidths=0.7)
+            down = m & (d.dst > d.src)  # rank axis points down: the head shows which way it went
+            for mask, marker in ((down, "v"), (m & ~down, "^")):
+                ax.scatter(d.t_recv[mask], d.dst[mask], s=14, color=colours[name], marker=marker, zorder=3)
+            ax.plot([], [], color=colours[name], marker="v", label=f"{name} ({int(m.sum())})")
         m = (d.kind == k) & ~arrived
         if m.any():
             ax.scatter(d.t_sent[m], d.src[m], s=28, color=colours[name], marker="x", zorder=3)
@@ -126,7 +130,7 @@ def timeline_chart(run: RunData) -> Figure | None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(ranks, 25)))
     ax.set_ylabel("node rank")
     ax.set_xlabel("seconds since launch")
-    ax.set_title(f"{run.name}: messages (sender → receiver; x = not delivered)")
+    ax.set_title(f"{run.name}: messages (o sender → receiver; x = not delivered)")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="kind (messages)", title_fontsize=8)
     return fig
@@ -135,15 +139,15 @@ def timeline_chart(run: RunData) -> Figure | None:
 def _traffic_heatmap(run: RunData, ranks: int, t_end: float) -> Figure:
     log = run.messages
     assert log is not None
-    grid, edges = sender_bins(log, ranks, bins=min(120, max(10, int(len(log) ** 0.5))), t_end=t_end)
+    grid, edges, group = sender_bins(log, ranks, bins=min(120, max(10, int(len(log) ** 0.5))), t_end=t_end)
     fig = _figure(12.0, 4.8)
     ax, side = fig.subplots(1, 2, width_ratios=[3, 1])
     img = ax.imshow(grid, aspect="auto", origin="upper", interpolation="nearest", cmap="viridis",
-                    extent=(edges[0], edges[-1], ranks - 0.5, -0.5))
+                    extent=(edges[0], edges[-1], grid.shape[0] * group - 0.5, -0.5))
     fig.colorbar(img, ax=ax, label="bytes sent in bin", format=BYTES)
     ax.set_xlabel("seconds since launch")
-    ax.set_ylabel("sender rank")
-    ax.set_title(f"{run.name}: bytes sent per node over time")
+    ax.set_ylabel("sender rank" if group == 1 else f"sender rank ({group} per row)")
+    ax.set_title(f"{run.name}: bytes sent per {'node' if group == 1 else 'group of nodes'} over time")
     colours = kind_colours(log.kinds)
     sent = log.select("sent")
     centres = (edges[:-1] + edges[1:]) / 2
@@ -163,14 +167,16 @@ def matrix_chart(run: RunData) -> Figure | None:
     if log is None or not log.select("sent").any():
         return None
     ranks = max(run.ranks + [int(log.src.max()), int(log.dst.max())]) + 1
-    matrix = traffic_matrix(log, ranks)
+    matrix, group = traffic_matrix(log, ranks)
     fig = _figure(5.6, 4.8)
     ax = fig.add_subplot()
     shown = np.where(matrix > 0, matrix, np.nan)
-    img = ax.imshow(shown, cmap="magma_r", interpolation="nearest")
+    span = matrix.shape[0] * group - 0.5
+    img = ax.imshow(shown, cmap="magma_r", interpolation="nearest", extent=(-0.5, span, span, -0.5))
     fig.colorbar(img, ax=ax, label="bytes", format=BYTES)
-    ax.set_xlabel("receiver")
-    ax.set_ylabel("sender")
+    per = "" if group == 1 else f" ({group} ranks per cell)"
+    ax.set_xlabel("receiver" + per)
+    ax.set_ylabel("sender" + per)
     ax.set_title(f"{run.name}: traffic matrix", fontsize=10)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True, nbins=min(ranks, 12)))
@@ -210,6 +216,7 @@ def metrics_chart(run: RunData, series: list[Series]) -> Figure | None:
         if ncols == 3:
             row[2].set_xlabel("bytes sent by all nodes")
             row[2].xaxis.set_major_formatter(BYTES)
+            row[2].xaxis.set_major_locator(MaxNLocator(4))
         row[0].set_ylabel(s.label)
         for ax in row:
             ax.grid(alpha=0.3)

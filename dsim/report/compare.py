@@ -88,21 +88,48 @@ def overlay_chart(runs: list[RunData]) -> Figure | None:
     return fig
 
 
+def accuracy_key(results: dict[str, Any]) -> str | None:
+    """The headline accuracy of a run's results: accuracy_mean, accuracy, or the first *accuracy* key."""
+    head = headline(results)
+    for key in ("accuracy_mean", "accuracy", "mean_accuracy"):
+        if key in head:
+            return key
+    return next((k for k in head if "acc" in k.lower() and not k.endswith("_std")), None)
+
+
 def bytes_chart(runs: list[RunData]) -> Figure | None:
-    """Mean and largest bytes sent per node, run by run."""
+    """Mean and largest bytes sent per node, run by run; beside it, accuracy against bytes per node
+    (the trade-off a communication-efficient method is judged by) when the runs report one."""
     if not any(r.bandwidth for r in runs):
         return None
     totals = [traffic_totals(r) for r in runs]
-    fig = Figure(figsize=(max(5.0, 1.1 * len(runs) + 2), 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    scores = []
+    for run, t in zip(runs, totals, strict=True):
+        results = run.summary.get("results") or {}
+        key = accuracy_key(results)
+        if key is not None:
+            std = results.get(key.replace("_mean", "_std")) if key.endswith("_mean") else None
+            scores.append((run.name, t["bytes_per_node"], float(results[key]), float(std or 0.0), key))
+    fig = Figure(figsize=(max(5.0, 1.1 * len(runs) + 2) + (5.0 if scores else 0.0), 3.8), layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[1.3, 1]) if scores else (fig.add_subplot(), None)
     x = np.arange(len(runs))
     ax.bar(x - 0.2, [t["bytes_per_node"] for t in totals], 0.4, label="mean per node")
     ax.bar(x + 0.2, [t["bytes_max_node"] for t in totals], 0.4, label="busiest node")
-    ax.set_xticks(x, [r.name for r in runs], rotation=20 if len(runs) > 4 else 0, ha="right" if len(runs) > 4 else "center",
-                  fontsize=8)
+    ax.set_xticks(x, [r.name for r in runs], rotation=20 if len(runs) > 4 else 0,
+                  ha="right" if len(runs) > 4 else "center", fontsize=8)
     ax.yaxis.set_major_formatter(BYTES)
     ax.set_ylabel("bytes sent")
     ax.set_title("bytes sent per node")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    if side is not None:
+        for i, (name, b, acc, std, _key) in enumerate(scores):
+            side.errorbar([b], [acc], yerr=[std], fmt="o", color=f"C{i % 10}", capsize=3, label=name)
+            side.annotate(name, (b, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        side.set_xscale("log")
+        side.xaxis.set_major_formatter(BYTES)
+        side.set_xlabel("bytes sent per node (mean, log scale)")
+        side.set_ylabel(scores[0][4])
+        side.set_title("accuracy against communication")
+        side.grid(alpha=0.3)
     return fig

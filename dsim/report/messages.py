@@ -1,7 +1,8 @@
-"""The per-node message logs (nodes/<rank>.messages.csv: t,event,src,dst,kind,bytes) as arrays.
+"""The run's message log (messages/<process>.csv: t,node,event,src,dst,kind,bytes) as arrays.
 
-`t` is seconds since launch (the clock of the jsonl events); `src`/`dst` are a message's original
-sender and final receiver, so a relayed message is one sender-to-receiver delivery here.
+`t` is seconds since launch (the clock of the jsonl events); `node` is the node that logged the row;
+`src`/`dst` are a message's original sender and final receiver (-1 where a dropped frame did not
+say), so a relayed message is one sender-to-receiver delivery here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 EVENTS = ("sent", "recv", "relayed", "lost", "dropped")
-HEADER = ["t", "event", "src", "dst", "kind", "bytes"]
+MAX_CELLS = 200  # rank groups per axis of a drawn matrix: 20,000 nodes must not make a 20,000^2 array
 
 
 @dataclass
@@ -55,37 +56,40 @@ class Deliveries:
     nbytes: np.ndarray
 
 
-def read_messages(folder: Path) -> MessageLog | None:
-    """nodes/*.messages.csv of a run, or None when the run has no message log. Rows that do not parse
-    (a file cut short by a killed process) are skipped."""
-    files = sorted(folder.glob("*.messages.csv")) if folder.is_dir() else []
+def read_messages(run_dir: Path) -> MessageLog | None:
+    """messages/*.csv of a run, or None when the run has no message log (older runs, or
+    `net.message_log=false`). Rows that do not parse (a file cut short by a killed process) are skipped."""
+    folder = run_dir / "messages"
+    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
     if not files:
         return None
     kinds: dict[str, int] = {}
-    cols: dict[str, list] = {k: [] for k in ("t", "event", "src", "dst", "kind", "bytes", "node")}
     codes = {name: i for i, name in enumerate(EVENTS)}
+    cols: list[list] = [[] for _ in range(7)]  # t, node, event, src, dst, kind, bytes
     for file in files:
-        stem = file.name.split(".")[0]
-        node = int(stem) if stem.isdigit() else -1
-        with open(file, newline="") as fh:
-            for row in csv.DictReader(fh):
+        with open(file, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                continue
+            at = {name: header.index(name) for name in ("t", "node", "event", "src", "dst", "kind", "bytes")
+                  if name in header}
+            if len(at) < 7:
+                continue
+            for row in reader:
                 try:
-                    t, ev = float(row["t"]), codes[row["event"]]
-                    src, dst, nb = int(row["src"]), int(row["dst"]), int(row["bytes"])
-                except (KeyError, TypeError, ValueError):
+                    values = (float(row[at["t"]]), int(row[at["node"]]), codes[row[at["event"]]],
+                              int(row[at["src"]]), int(row[at["dst"]]),
+                              kinds.setdefault(row[at["kind"]], len(kinds)), int(row[at["bytes"]]))
+                except (IndexError, KeyError, ValueError):
                     continue
-                cols["t"].append(t)
-                cols["event"].append(ev)
-                cols["src"].append(src)
-                cols["dst"].append(dst)
-                cols["kind"].append(kinds.setdefault(row.get("kind") or "?", len(kinds)))
-                cols["bytes"].append(nb)
-                cols["node"].append(node)
-    order = np.argsort(np.asarray(cols["t"], dtype=float), kind="stable")
-    arr = {k: np.asarray(v, dtype=float if k == "t" else np.int64)[order] for k, v in cols.items()}
-    names = sorted(kinds, key=kinds.get)
-    return MessageLog(t=arr["t"], event=arr["event"], src=arr["src"], dst=arr["dst"], kind=arr["kind"],
-                      nbytes=arr["bytes"], node=arr["node"], kinds=names)
+                for col, value in zip(cols, values, strict=True):
+                    col.append(value)
+    t = np.asarray(cols[0], dtype=float)
+    order = np.argsort(t, kind="stable")
+    node, event, src, dst, kind, nbytes = (np.asarray(c, dtype=np.int64)[order] for c in cols[1:])
+    return MessageLog(t=t[order], event=event, src=src, dst=dst, kind=kind, nbytes=nbytes, node=node,
+                      kinds=sorted(kinds, key=kinds.get))
 
 
 def deliveries(log: MessageLog) -> Deliveries:
@@ -112,20 +116,30 @@ def deliveries(log: MessageLog) -> Deliveries:
                       kind=log.kind[sent_idx], nbytes=log.nbytes[sent_idx])
 
 
-def sender_bins(log: MessageLog, ranks: int, bins: int, t_end: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes sent per original sender per time bin (ranks x bins) and the bin edges, for runs too big
-    to draw message by message."""
-    mask = log.select("sent")
+def rank_groups(ranks: int) -> int:
+    """Ranks per drawn row/column so that no axis has more than MAX_CELLS cells."""
+    return max(1, -(-ranks // MAX_CELLS))
+
+
+def sender_bins(log: MessageLog, ranks: int, bins: int, t_end: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Bytes sent per original sender (grouped by `rank_groups`) per time bin, the bin edges and the
+    group size: runs too big to draw message by message."""
+    mask = log.select("sent") & (log.src >= 0)
+    group = rank_groups(ranks)
+    rows = -(-ranks // group)
     edges = np.linspace(0.0, max(t_end, float(log.t.max()) if len(log) else 0.0, 1e-9), bins + 1)
-    grid, _, _ = np.histogram2d(log.src[mask], log.t[mask], bins=[np.arange(ranks + 1) - 0.5, edges],
+    grid, _, _ = np.histogram2d(log.src[mask] // group, log.t[mask], bins=[np.arange(rows + 1) - 0.5, edges],
                                 weights=log.nbytes[mask])
-    return grid, edges
+    return grid, edges, group
 
 
-def traffic_matrix(log: MessageLog, ranks: int) -> np.ndarray:
-    """Bytes from each original sender to each final receiver (ranks x ranks)."""
-    mask = log.select("sent")
-    matrix = np.zeros((ranks, ranks))
-    np.add.at(matrix, (np.clip(log.src[mask], 0, ranks - 1), np.clip(log.dst[mask], 0, ranks - 1)),
+def traffic_matrix(log: MessageLog, ranks: int) -> tuple[np.ndarray, int]:
+    """Bytes from each original sender to each final receiver, ranks grouped by `rank_groups`, and
+    the group size."""
+    mask = log.select("sent") & (log.src >= 0) & (log.dst >= 0)
+    group = rank_groups(ranks)
+    cells = -(-ranks // group)
+    matrix = np.zeros((cells, cells))
+    np.add.at(matrix, (np.minimum(log.src[mask] // group, cells - 1), np.minimum(log.dst[mask] // group, cells - 1)),
               log.nbytes[mask])
-    return matrix
+    return matrix, group

@@ -113,7 +113,7 @@ def load_run(path: Path, name: str | None = None) -> RunData:
         if start is not None and "role" in start:
             roles.setdefault(rank, str(start["role"]))
     return RunData(path=path, name=name or path.name, summary=summary, config=config, bandwidth=bandwidth,
-                   by_kind=by_kind, events=events, messages=read_messages(path / "nodes"),
+                   by_kind=by_kind, events=events, messages=read_messages(path),
                    synthetic=_read_synthetic(path / "synthetic.npz"), roles=roles)
 
 
