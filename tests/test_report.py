@@ -15,6 +15,9 @@ from conftest import node_events, read_csv, run_dsim, summary
 from dsim.report.browser import find_chromium
 from dsim.report.messages import deliveries, read_messages
 
+# The module's runs are made once, inside the first test's time limit: three launches on a loaded machine.
+pytestmark = pytest.mark.timeout(900)
+
 TINY_DM = ["--set", "dm.iterations=100", "--set", "dm.seeds=5", "--set", "dm.eval_epochs=5",
            "--set", "dm.eval_models=1", "--set", "dm.width=16", "--set", "dm.batch_real=16",
            "--set", "dm.mean_batch=16"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dsim.console import fmt_bytes
 from dsim.errors import DsimError
 from dsim.report import charts, compare
 from dsim.report.messages import deliveries
@@ -152,19 +153,13 @@ def _losses(run: RunData) -> list[tuple[str, Any]]:
     offline = run.of_kind("offline")
     pairs: list[tuple[str, Any]] = []
     if lost:
-        pairs.append(("lost messages", f"{len(lost):,} ({_bytes(sum(e.get('nbytes', 0) for e in lost))})"))
+        pairs.append(("lost messages", f"{len(lost):,} ({fmt_bytes(sum(e.get('nbytes', 0) for e in lost))})"))
     if dropped:
-        pairs.append(("dropped messages", f"{len(dropped):,} ({_bytes(sum(e.get('nbytes', 0) for e in dropped))})"))
+        pairs.append(("dropped messages", f"{len(dropped):,} ({fmt_bytes(sum(e.get('nbytes', 0) for e in dropped))})"))
     if offline:
         total = sum(b - a for e in offline for a, b in e.get("periods", []))
         pairs.append(("offline", f"{len(offline)} nodes, {total:.1f} node-seconds"))
     return pairs
-
-
-def _bytes(n: float) -> str:
-    from dsim.console import fmt_bytes
-
-    return fmt_bytes(n)
 
 
 def bandwidth(run: RunData, figures: Figures) -> str:
