@@ -4,14 +4,16 @@ older runs, and the page opened in a real headless Chromium (skipped where none 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import node_events, read_csv, run_dsim, summary
+from conftest import REPO, dsim_script, node_events, read_csv, run_dsim, summary
 from dsim.report.browser import find_chromium
 from dsim.report.messages import deliveries, read_messages
 
@@ -73,7 +75,7 @@ def test_one_run_page_and_pngs(runs):
     assert "timeline" in charts and "matrix" in charts
     sent = sum(int(r["msgs_sent"]) for r in read_csv(run / "bandwidth.csv"))
     assert f'<tr><th>sent events</th><td class="num" data-v="{sent}">' in page
-    assert "every message" in page and "One line per message" in page
+    assert "<summary>every message" in page and "One line per message" in page
 
 
 def test_share_event_counts_every_train_sample(runs):
@@ -120,7 +122,7 @@ def test_large_run_is_summarised(tmp_path):
     assert {"bandwidth", "kinds", "timeline", "matrix", "metrics"} <= set(images_in(page))
     sent = sum(int(r["msgs_sent"]) for r in read_csv(run / "bandwidth.csv"))
     assert sent > 60 * 4 * 5 and f'<tr><th>sent events</th><td class="num" data-v="{sent}">' in page
-    assert "every message" not in page
+    assert "<summary>every message" not in page
     assert "this program uses no data" in page.split('id="labels"')[1]
 
 
@@ -204,3 +206,19 @@ def test_report_renders_in_chromium(runs, tmp_path, which):
     for chart in seen.charts:  # every chart decoded and laid out at a readable size
         assert chart["natural_width"] > 300 and chart["width"] > 300 and chart["height"] > 100, chart
     _not_blank(shot)
+
+
+def test_failed_run_shows_who_failed_and_why(tmp_path):
+    run = tmp_path / "failed"
+    proc = subprocess.run([dsim_script(), "launch", "--nodes", "4", "--topology", "ring", "--algorithm",
+                           "testprogs.failing", "--out", str(run), "--quiet"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    assert proc.returncode == 1, proc.stderr
+    rc, _, err = report(str(run))
+    assert rc == 0, err
+    page = (run / "report.html").read_text()
+    assert '<span class="bad">failed</span>' in page
+    overview = page.split('id="overview"')[1].split("</section>")[0]
+    assert "<h3>Failures</h3>" in overview and "<h3>Node errors</h3>" in overview
+    assert "node 1 gives up on purpose" in overview
+    assert "bandwidth" in images_in(page)  # what the run counted before it failed is still shown
