@@ -1,7 +1,7 @@
 """Runtime benchmark: transport throughput beside DecentralizePy and bare pyzmq, start-up time, and the
 largest gossip run.
 
-Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick] [--only throughput startup largest]
+Usage: .venv/bin/python benchmarks/bench_runtime.py [--quick] [--only throughput secure startup largest]
 Writes benchmarks/results/runtime.json (runtime-quick.json with --quick; a suffix naming the parts with
 --only) and prints a table; part a also writes its dsim-vs-DecentralizePy table as markdown next to it
 (transport-vs-decentralizepy.md).
@@ -19,6 +19,8 @@ a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm 
    Two more rows switch the emulated links on (`links.bandwidth=10Gbit`, no latency: every message
    goes through its link's queue and timer but is hardly delayed), one process per node and all 8 in
    one process: `links_cost_cpu_us_per_msg` is what the link layer adds per message.
+s. CurveZMQ's cost: the same 1 KB and 1 MB lock-step exchange, one process per node, with
+   `net.secure=on` and `off` alternating run by run (the ratio is kept per pair, as for the anchor).
 b. Start-up of gossip runs: summary startup_s and the wall time of the whole `dsim launch` command.
 c. Growing gossip runs packed 100 nodes per process until the first failure, with peak memory.
    benchmarks/bench_scale.py climbs further (to 20k nodes, one worker process per core).
@@ -378,21 +380,7 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
     for label, (size, rounds) in sizes.items():
         def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1,
                      loop: str = "auto", links: str = "") -> dict[str, Any]:
-            run = run_dsim(fresh_dir(tmp, "exchange"),
-                           ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
-                            "--nodes-per-process", str(per_process), "--set", f"net.event_loop={loop}",
-                            "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}",
-                            *(["--set", f"links.bandwidth={links}"] if links else [])])
-            res = run["results"]
-            if run["exit_code"] != 0 or "msgs_per_s" not in res:
-                raise RuntimeError(f"dsim exchange run failed: {run['error']}")
-            return {
-                "msgs": res["msgs"], "seconds": round(res["seconds"], 4),
-                "msgs_per_s": round(res["msgs_per_s"], 1), "mb_per_s": round(res["mb_per_s"], 1),
-                "startup_s": run["timings"].get("startup_s"), "command_wall_s": run["command_wall_s"],
-                # every node reports its whole process's CPU: count each process once
-                "cpu_us_per_msg": round(run["exchange_cpu_s"] / per_process / res["msgs"] * 1e6, 1),
-            }
+            return exchange_run(tmp, size, rounds, per_process, loop, links)
 
         # dsim run, anchor run, dsim run, anchor run, ...: each ratio compares runs seconds apart
         dsim_runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in PAIRED}
@@ -422,6 +410,45 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
             layout: round(entry[f"{base}_links"]["cpu_us_per_msg"] - entry[base]["cpu_us_per_msg"], 1)
             for layout, base in (("process_per_node", "dsim"), ("one_process", "dsim_one_process"))}
         out[label] = entry
+    return out
+
+
+def exchange_run(tmp: Path, size: int, rounds: int, per_process: int = 1, loop: str = "auto", links: str = "",
+                 secure: str = "off") -> dict[str, Any]:
+    """One `dsim launch --algorithm exchange` on a ring of 8: its rates and CPU per message."""
+    run = run_dsim(fresh_dir(tmp, "exchange"),
+                   ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
+                    "--nodes-per-process", str(per_process), "--set", f"net.event_loop={loop}",
+                    "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}", "--set", f"net.secure={secure}",
+                    *(["--set", f"links.bandwidth={links}"] if links else [])])
+    res = run["results"]
+    if run["exit_code"] != 0 or "msgs_per_s" not in res:
+        raise RuntimeError(f"dsim exchange run failed: {run['error']}")
+    return {
+        "msgs": res["msgs"], "seconds": round(res["seconds"], 4),
+        "msgs_per_s": round(res["msgs_per_s"], 1), "mb_per_s": round(res["mb_per_s"], 1),
+        "startup_s": run["timings"].get("startup_s"), "command_wall_s": run["command_wall_s"],
+        # every node reports its whole process's CPU: count each process once
+        "cpu_us_per_msg": round(run["exchange_cpu_s"] / per_process / res["msgs"] * 1e6, 1),
+    }
+
+
+def secure_cost(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
+    """net.secure=on beside off, one process per node (every message through CurveZMQ), in pairs run
+    back to back so that each on/off ratio compares runs seconds apart."""
+    out: dict[str, Any] = {}
+    for label, (size, rounds) in sizes.items():
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(repeats):
+            for mode in runs:
+                runs[mode].append(exchange_run(tmp, size, rounds, secure=mode))
+        per_repeat = [round(on["msgs_per_s"] / off["msgs_per_s"], 3) for on, off in zip(runs["on"], runs["off"],
+                                                                                         strict=True)]
+        out[label] = {"bytes": size, "rounds": rounds, "nodes": 8, "topology": "ring", "nodes_per_process": 1,
+                      "dsim_plain": best(runs["off"]), "dsim_secure": best(runs["on"]),
+                      "secure_over_plain": per_repeat, "median_secure_over_plain": statistics.median(per_repeat),
+                      "secure_cost_cpu_us_per_msg": round(best(runs["on"])["cpu_us_per_msg"]
+                                                          - best(runs["off"])["cpu_us_per_msg"], 1)}
     return out
 
 
@@ -478,7 +505,7 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 
 IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "dsim_links",
                    "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio", "decentralizepy")
-PARTS = ("throughput", "startup", "largest")
+PARTS = ("throughput", "secure", "startup", "largest")
 
 
 def _size_name(nbytes: int) -> str:
@@ -496,6 +523,15 @@ def print_table(report: dict[str, Any]) -> None:
           f"pyzmq {report['machine']['pyzmq']} / libzmq {report['machine']['libzmq']}")
     if "throughput" in report:
         _print_throughput(report)
+    if "secure" in report:
+        print(f"\n{'CurveZMQ, ring of 8':<32}{'msgs/s':>10}{'median':>10}{'MB/s':>9}{'CPU us/msg':>12}"
+              f"{'on/off':>8}")
+        for label, entry in report["secure"].items():
+            for impl in ("dsim_plain", "dsim_secure"):
+                r = entry[impl]
+                ratio = f"{entry['median_secure_over_plain']:.2f}" if impl == "dsim_secure" else ""
+                print(f"{label + ' ' + impl:<32}{r['msgs_per_s']:>10.0f}{r['median']:>10.0f}{r['mb_per_s']:>9.1f}"
+                      f"{r['cpu_us_per_msg']:>12.1f}{ratio:>8}")
     if "startup" in report:
         print(f"\n{'start-up (gossip)':<22}{'startup_s':>10}{'launch wall s':>15}{'RSS MB':>9}{'PSS MB':>9}")
         for label, r in report["startup"].items():
@@ -582,6 +618,8 @@ def main() -> None:
             report["anchor"] = anchor_facts()
             anchor = "skipped" not in report["anchor"]
             report["throughput"] = throughput(Path(tmp), sizes, throughput_repeats, anchor)
+        if "secure" in args.only:
+            report["secure"] = secure_cost(Path(tmp), sizes, throughput_repeats)
         if "startup" in args.only:
             report["startup"] = startup(Path(tmp), starts, repeats)
         if "largest" in args.only:

@@ -14,6 +14,7 @@ COMMANDS = {
     "launch": "dsim.commands.launch:launch",
     "topology": "dsim.commands.topology:topology",
     "partition": "dsim.commands.partition:partition",
+    "keygen": "dsim.commands.keygen:keygen",
     "report": "dsim.commands.report:report",
 }
 

@@ -32,6 +32,7 @@ from dsim.program import Program
 from dsim.topologies.options import GraphOptions
 
 EventLoop = Literal["auto", "uvloop", "asyncio"]
+Secure = Literal["auto", "on", "off"]
 _PORTS = re.compile(r"^(\d+)-(\d+)$")
 DEFAULT_ALGORITHM = "collabdm"
 _DEVICE = r"^(auto|cpu|cuda|cuda:\d+)$"
@@ -50,6 +51,8 @@ class NetOptions(Options):
     start_timeout: Annotated[float, Meta(gt=0, description="seconds allowed for registration, links and the start barrier")] = 120.0
     message_log: Annotated[bool, Meta(description="write every message's send, receipt, relay, loss or drop to messages/<process>.csv (who sent what to whom, when; what `dsim report` draws the timeline from)")] = True
     event_loop: Annotated[EventLoop, Meta(description="node processes' loop: auto (uvloop when installed), uvloop or asyncio")] = "auto"
+    secure: Annotated[Secure, Meta(description="CurveZMQ on every socket (only the run's key holders connect; all traffic encrypted): auto (on over many machines), on or off")] = "auto"
+    key_file: Annotated[str, Meta(description="the run key (`dsim keygen FILE`, mode 600) for runs over many machines not started over SSH; '' = generated per run")] = ""
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout <= self.heartbeat:
@@ -95,7 +98,7 @@ class Config(Options):
 
 
 # Keys that legitimately differ between machines of one run; left out of the fingerprint.
-MACHINE_LOCAL = ("out", "device", "gpus", "data.data_dir", "data.download")
+MACHINE_LOCAL = ("out", "device", "gpus", "data.data_dir", "data.download", "net.key_file")
 
 
 def config_type(program: Program) -> type[Config]:

@@ -104,10 +104,22 @@ class _Traffic(_Message):
 TRAFFIC_FIELDS: tuple[str, ...] = _Traffic.__struct_fields__
 
 
+class Steps(msgspec.Struct, array_like=True):
+    """Progress of the nodes of one role in one phase (dsim.progress): each rank with its steps done."""
+
+    role: str
+    phase: str
+    total: int  # the phase's steps; 0 for a phase without steps
+    ranks: list[int]
+    steps: list[int]
+
+
 class Heartbeat(_Traffic, tag="hb"):
-    """Worker's heartbeat thread -> coordinator, every heartbeat: alive, with its traffic so far."""
+    """Worker's heartbeat thread -> coordinator, every heartbeat: alive, with its traffic so far and the
+    progress of its nodes that changed since the last beat."""
 
     name: str
+    progress: list[Steps] = []
 
 
 class Done(_Message, tag="done"):

@@ -4,7 +4,8 @@ It lives in the launcher process of machine 0 and talks to every worker process 
 of the other machines) over one ROUTER socket. What to do with each message and moment is decided by
 `dsim.supervision.CoordinatorState`; this loop only feeds it and sends what it answers. Every phase has a
 deadline; a node that fails, a worker process that dies, or one that stops sending heartbeats ends the
-run with that node named.
+run with that node named. With a run key its ROUTER is a CURVE server (dsim.secure): a connection
+without the key reaches nothing, and is counted (`refused`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from dsim import control
+from dsim import control, secure
 from dsim.config import Config, fingerprint_view
 from dsim.console import Console
 from dsim.plan import LocalProc, WorkerPlan
@@ -41,8 +43,10 @@ class Coordinator:
         machines: int,
         local: list[LocalProc],
         console: Console,
+        key: secure.RunKey | None = None,
     ) -> None:
-        self.run_id, self.binds, self.local, self.console = run_id, binds, local, console
+        self.run_id, self.binds, self.local, self.console, self.key = run_id, binds, local, console, key
+        self.refused: Counter[str] = Counter()  # connections that failed the CURVE handshake, by reason
         net = cfg.net
         self.heartbeat = net.heartbeat
         self.state = CoordinatorState(
@@ -60,13 +64,17 @@ class Coordinator:
 
     async def run(self) -> Outcome:
         self.ctx = zmq.asyncio.Context()
+        self.gate = secure.Gate(self.ctx, self.key)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        secure.serve(self.sock, self.key)
+        self.watch = secure.HandshakeWatch(self.sock, self.key)
         self.sync_sock = zmq.Socket.shadow(self.sock.underlying)  # sends that never wait
         for bind in self.binds:
             self.sock.bind(bind)
         loop = asyncio.get_running_loop()
+        self.watch.start(loop, self._refuse)
         loop.add_signal_handler(signal.SIGINT, self.interrupt)
         for proc in self.local:
             loop.add_reader(proc.process.sentinel, self._on_exit, loop, proc)
@@ -85,7 +93,9 @@ class Coordinator:
 
     async def close(self, summary: dict[str, Any]) -> None:
         self._deliver(self.state.end(summary))
+        self.watch.close()
         self.sock.close(linger=1000)
+        self.gate.stop()
         self.ctx.term()
 
     async def _turn(self) -> None:
@@ -99,7 +109,7 @@ class Coordinator:
         if now - self._last_tick >= self.heartbeat:
             self._last_tick = now
             self._deliver(self.state.tick())
-            self.console.status(self.state.progress(now))
+            self.console.status(lambda: self.state.progress(now))
         frames = await self._receive(min(self.heartbeat, self.state.due(now)))
         if frames is None or len(frames) != 2:
             return
@@ -137,6 +147,9 @@ class Coordinator:
             return None
         received, self._recv = self._recv, None
         return received.result()
+
+    def _refuse(self, reason: str) -> None:
+        self.refused[reason] += 1
 
     def _on_exit(self, loop: asyncio.AbstractEventLoop, proc: LocalProc) -> None:
         """A worker's sentinel became readable: wake the loop once its exit code can be read."""

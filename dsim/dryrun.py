@@ -14,9 +14,11 @@ from dsim.plan import format_ranks
 from dsim.topologies import graph_hash
 
 
-def dry_run(cfg: Config, hosts: str | None = None, machine_rank: int | None = None) -> None:
-    """Print what `dsim launch` would run with this config, without running it."""
-    plan = plan_launch(cfg, hosts, machine_rank)
+def dry_run(cfg: Config, hosts: str | None = None, machine_rank: int | None = None,
+            ships_keys: bool = False) -> None:
+    """Print what `dsim launch` would run with this config, without running it (`ships_keys`: the SSH
+    launcher would start the machines and carry the run key)."""
+    plan = plan_launch(cfg, hosts, machine_rank, ships_keys=ships_keys)
     for line in describe(plan):
         click.echo(line)
 
@@ -35,6 +37,7 @@ def describe(plan: LaunchPlan) -> list[str]:
         "roles: " + "; ".join(f"{role} {format_ranks(ranks)}" for role, ranks in sorted(roles.items())),
         f"device: {cfg.device}" + (f" (gpus {cfg.gpus})" if cfg.gpus else ""),
         f"machines: {len(plan.machines)}; this is machine {plan.me} ({plan.host_ip})",
+        f"sockets: {'CurveZMQ, run key holders only' if plan.key else 'plain'} (net.secure={cfg.net.secure})",
     ]
     for m in plan.machines:
         workers = [w for w in plan.workers if w.machine == m.index]

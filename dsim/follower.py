@@ -13,6 +13,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from dsim import secure
 from dsim.config import fingerprint_view
 from dsim.console import Console
 from dsim.control import Accept, End, Lost, Machine, ProcExit, Refuse, decode, encode
@@ -22,13 +23,15 @@ from dsim.wire import WireError
 
 
 async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: str,
-                 procs: list[LocalProc], console: Console) -> tuple[Outcome, dict[str, Any]]:
+                 procs: list[LocalProc], console: Console,
+                 key: secure.RunKey | None = None) -> tuple[Outcome, dict[str, Any]]:
     net = cfg.net
     heartbeat, silent_limit = net.heartbeat, net.heartbeat_timeout
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, f"m{machine}".encode())
     sock.setsockopt(zmq.LINGER, 1000)
+    secure.dial(sock, key)
     sock.connect(control)
     outcome = Outcome()
     reported: set[str] = set()
@@ -45,8 +48,9 @@ async def follow(cfg: dict[str, Any], graph_hash: str, machine: int, control: st
                                                     code=code)))
             now = time.monotonic()
             if not accepted and now > deadline:
+                hint = " (a secure run: does every machine have the same net.secure and run key?)" if key else ""
                 return _failed(outcome, f"the coordinator at {control} did not answer in "
-                                        f"{net.start_timeout:g} s", "failed")
+                                        f"{net.start_timeout:g} s{hint}", "failed")
             if accepted and now - last_heard > silent_limit:
                 reason = f"lost contact with the coordinator at {control}"
                 await sock.send(encode(Lost(machine=machine, reason=reason)))  # it may still hear us

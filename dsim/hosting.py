@@ -26,7 +26,7 @@ from dsim.nodelog import MessageLog, NodeLog, json_safe
 from dsim.options import to_dict
 from dsim.program import Program
 from dsim.routing import Routes
-from dsim.transport import Endpoint
+from dsim.transport import Endpoint, Traffic
 
 if TYPE_CHECKING:
     from dsim.config import Config
@@ -78,14 +78,16 @@ def node_conditions(cfg: Config, program: Program, graph: nx.Graph) -> Condition
 
 
 def make_endpoint(hub: Hub | None, cfg: Config, graph: nx.Graph, rank: int,
-                  log: NodeLog, links: LinkTable | None = None, messages: MessageLog | None = None) -> Endpoint:
+                  log: NodeLog, links: LinkTable | None = None, messages: MessageLog | None = None,
+                  process_totals: Traffic | None = None) -> Endpoint:
     """The node's endpoint, unconnected, on its process's hub; `hub=None` makes one without sockets,
     whose neighbours must all be reached in memory. `links`: the run's link table (None: ideal links);
-    `messages`: its process's message log (None: off)."""
+    `messages`: its process's message log (None: off); `process_totals`: the traffic sums its process
+    keeps over all its nodes."""
     neighbours = tuple(sorted(graph.neighbors(rank)))
     max_bytes = int(cfg.net.max_message_mb * (1 << 20))
     return Endpoint(hub, rank, neighbours, Routes(graph, rank), max_bytes, log.write, links,
-                    None if messages is None else messages.record)
+                    None if messages is None else messages.record, process_totals)
 
 
 def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:

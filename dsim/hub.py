@@ -12,6 +12,10 @@ A peer process is known by its DEALER identity, ``<run id>|<its ROUTER address>`
 identity outside the peer table (another run, a stray client), or claiming a sender that its process
 does not host, is dropped, logged and counted by the receiving node (or, when the frame names no node
 of this process, by the first node hosted here).
+
+With a run key (dsim.secure) the ROUTER is a CURVE server and every DEALER a CURVE client: a peer
+without the key never gets a frame through, and each connection it tries is dropped, logged and
+counted by the first node hosted here, with the handshake's failure as the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 import zmq
 import zmq.asyncio
 
+from dsim import secure
 from dsim.errors import DsimError
 
 if TYPE_CHECKING:
@@ -59,12 +64,15 @@ def hop_frame(src: int, dst: int) -> bytes:
 class Hub:
     """Bind, then `attach` every endpoint hosted here, then `connect` once the peer table is known."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, max_bytes: int) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: zmq.asyncio.Context, max_bytes: int, key: secure.RunKey | None = None) -> None:
+        """`key`: the run key (its context's dsim.secure.Gate started), or None for plain sockets."""
+        self.ctx, self.key = ctx, key
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         self.router.setsockopt(zmq.RCVHWM, 0)
+        secure.serve(self.router, key, max_bytes)
+        self._refused = secure.HandshakeWatch(self.router, key)
         # A plain (blocking-API) view of the same socket: draining without a future per message.
         self._router_fast = zmq.Socket.shadow(self.router.underlying)
         self.address = ""
@@ -114,6 +122,7 @@ class Hub:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.copy_threshold = NEVER_COPY_BELOW
+            secure.dial(sock, self.key)
             sock.connect(address)
             fast = zmq.Socket.shadow(sock.underlying)
             fast.copy_threshold = NEVER_COPY_BELOW
@@ -122,6 +131,7 @@ class Hub:
         self._reader_fd = self._router_fast.getsockopt(zmq.FD)
         self._loop.add_reader(self._reader_fd, self._drain)
         self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
+        self._refused.start(self._loop, self._refuse)
 
     def sockets_to(self, rank: int) -> tuple[zmq.Socket, zmq.asyncio.Socket]:
         """The plain and the asyncio view of the DEALER to the process that hosts `rank`."""
@@ -165,6 +175,10 @@ class Hub:
         node.receive(src, body)
         return None
 
+    def _refuse(self, reason: str) -> None:
+        """A connection failed the CURVE handshake: whatever it sent is dropped, as one message."""
+        self._first_node()._drop(reason, 0, "a connection without the run key")
+
     def _first_node(self) -> Endpoint:
         return self.nodes[min(self.nodes)]
 
@@ -172,6 +186,7 @@ class Hub:
         if self._reader_fd is not None and self._loop is not None:
             self._loop.remove_reader(self._reader_fd)
             self._reader_fd = None
+        self._refused.close()
         for sock in self._dealers.values():
             sock.close(linger=0)
         self.router.close(linger=0)

@@ -8,14 +8,17 @@ machines of a hosts file follow it. Whatever happens, every worker is reaped bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 import networkx as nx
 
 from dsim import hosts as hostfile
+from dsim import secure
 from dsim.churn import Conditions
 from dsim.config import Config, fingerprint, parse_port_range
 from dsim.console import Console
@@ -40,6 +44,7 @@ from dsim.results import (
     bandwidth_rows,
     closing_table,
     make_run_dir,
+    result_lines,
     write_bandwidth,
     write_config,
     write_summary,
@@ -102,6 +107,21 @@ def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalPr
     return procs
 
 
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C while forking: a KeyboardInterrupt raised inside fork's at-fork hooks is printed and
+    swallowed (the run would go on), and one raised between two forks loses the workers already forked.
+    Held, it is raised again once every worker exists, so they are reaped."""
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        signal.raise_signal(signal.SIGINT)  # to the handler that was there: KeyboardInterrupt as a rule
+
+
 def _reap(procs: list[LocalProc], grace: float = 10.0) -> None:
     """Wait for workers to exit on their own, then terminate, then kill: nothing is left behind."""
     deadline = time.monotonic() + grace
@@ -130,14 +150,17 @@ class LaunchPlan:
     workers: list[WorkerPlan]
     links: LinkTable | None = None  # the emulated links (None: all ideal), checked against the graph
     conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
+    key: secure.RunKey | None = None  # the run key (None: plain sockets); never printed or written
 
     @property
     def mine(self) -> list[WorkerPlan]:
         return [w for w in self.workers if w.machine == self.me]
 
 
-def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None) -> LaunchPlan:
-    """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts."""
+def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
+                shipped_key: secure.RunKey | None = None, ships_keys: bool = False) -> LaunchPlan:
+    """Build the graph and lay its ranks out on machines and worker processes; check ports and hosts,
+    and find the run key (`shipped_key`: sent by the SSH launcher; `ships_keys`: this is that launcher)."""
     program = load_program(cfg.algorithm)
     check_device(cfg.device, cfg.gpus)
     graph = build_graph(cfg, program)
@@ -159,14 +182,17 @@ def plan_launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_r
     _check_port_range(host_ip, cfg.net.ports, sum(w.machine == me for w in workers))
     if hosts and me == 0:
         _check_master_port(host_ip, cfg.net.master_port)
-    return LaunchPlan(cfg, program, graph, machines, me, host_ip, workers, links, conditions=node_cond)
+    key = secure.run_key(cfg.net.secure, cfg.net.key_file, len(machines), shipped_key, ships_keys)
+    return LaunchPlan(cfg, program, graph, machines, me, host_ip, workers, links, conditions=node_cond, key=key)
 
 
 def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: int | None = None,
-           quiet: bool = False) -> tuple[int, Path]:
-    """Run one experiment on this machine's share of the graph; returns (exit code, run directory)."""
+           quiet: bool = False, key: secure.RunKey | None = None) -> tuple[int, Path]:
+    """Run one experiment on this machine's share of the graph; returns (exit code, run directory).
+
+    `key`: the run key machine 0's SSH launcher sent (dsim.ssh.receive)."""
     console = Console(quiet=quiet)
-    plan = plan_launch(cfg, hosts, machine_rank)
+    plan = plan_launch(cfg, hosts, machine_rank, shipped_key=key)
     program, graph, machines, me, plans = plan.program, plan.graph, plan.machines, plan.me, plan.workers
     ghash = graph_hash(graph)
     if plan.links is not None and plan.links.digest:  # machines must read the same links file, too
@@ -191,17 +217,20 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
     write_config(run_dir, cfg)
     t0 = time.time()
     base = dict(control=master, host=plan.host_ip, run_dir=run_dir, config=cfg, graph=graph, program=program,
-                t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions)
-    procs = _fork_workers(plan.mine, base)
-    console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with {graph.number_of_nodes()} "
-                f"nodes in {len(plans)} processes; results in {run_dir}")
+                t0=t0, first_rank=machines[me].first_rank, links=plan.links, conditions=plan.conditions,
+                key=plan.key)
+    procs: list[LocalProc] = []
     try:
+        with _ctrl_c_held():
+            procs = _fork_workers(plan.mine, base)
+        console.say(f"dsim: {cfg.algorithm} on {graph.graph.get('name', cfg.topology)} with "
+                    f"{graph.number_of_nodes()} nodes in {len(plans)} processes; results in {run_dir}")
         if me == 0:
             coordinator = Coordinator(cfg, ghash, secrets.token_hex(4), [master], plans, len(machines), procs,
-                                      console)
+                                      console, plan.key)
             outcome, summary = asyncio.run(_coordinate(coordinator, cfg, program, graph, machines, run_dir))
         else:
-            outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console))
+            outcome, summary = asyncio.run(follow(cfg, ghash, me, master, procs, console, plan.key))
     finally:
         _reap(procs)
         if tmpdir:
@@ -217,6 +246,10 @@ def launch(cfg: Config, hosts: hostfile.HostSource | None = None, machine_rank: 
 async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, graph: nx.Graph,
                       machines: list[hostfile.Machine], run_dir: Path) -> tuple[Outcome, dict[str, Any]]:
     outcome = await coordinator.run()
+    if coordinator.refused:
+        reasons = "; ".join(f"{n} x {why}" for why, n in coordinator.refused.most_common())
+        outcome.warnings.append(f"{coordinator.refused.total()} connections to the coordinator were refused: "
+                                f"{reasons}")
     roles = {r: program.role_of(r, graph) for r in graph.nodes}
     host_of = {r: m.host for m in machines for r in m.ranks}
     rows = bandwidth_rows(outcome.traffic, roles, host_of)
@@ -234,6 +267,7 @@ async def _coordinate(coordinator: Coordinator, cfg: Config, program: Program, g
         "nodes": graph.number_of_nodes(),
         "server": graph.graph.get("server"),
         "run_id": coordinator.run_id,
+        "secure": coordinator.key is not None,
         "run_dir": str(run_dir),
         "config_fingerprint": fingerprint(cfg, graph_hash(graph)),
         "data_fingerprint": outcome.data_fingerprint,
@@ -253,7 +287,7 @@ def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: l
         print(closing_table(rows))
     results = {k: v for k, v in summary.get("results", {}).items() if k != "per_node"}
     if results and not quiet:
-        print("results: " + ", ".join(f"{k}={_short(v)}" for k, v in results.items()))
+        print("\n".join(["results:", *result_lines(results)]))
     for warning in outcome.warnings:
         console.say(f"dsim: warning: {warning}")
     for failure in outcome.failures:
@@ -261,10 +295,3 @@ def _report(console: Console, outcome: Outcome, summary: dict[str, Any], rows: l
     if outcome.status == "ok":
         console.say(f"dsim: finished in {summary.get('wall_time_s', 0):.1f} s; results in {summary.get('run_dir')}")
 
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict | list):
-        return "{...}" if isinstance(value, dict) else f"[{len(value)} items]"
-    return str(value)

@@ -23,6 +23,7 @@ import networkx as nx
 import numpy as np
 
 from dsim.nodelog import NodeLog
+from dsim.progress import BOARD
 from dsim.transport import Endpoint, Message, NodeTimeout
 
 if TYPE_CHECKING:
@@ -128,10 +129,13 @@ class Node:
         return f"node {self.rank} ({self._ctx.role})"
 
     async def broadcast(self, kind: str, payload: Any = None, dsts: Iterable[int] | None = None) -> int:
-        """Send the same payload to `dsts` (default: the neighbours). Returns the bytes sent."""
-        targets = list(self.neighbours if dsts is None else dsts)
-        sizes = await asyncio.gather(*(self.send(d, kind, payload) for d in targets))
-        return sum(sizes)
+        """Send the same payload to `dsts` (default: the neighbours). Returns the bytes sent.
+
+        One send after the other, not a task each: a send returns at once unless its socket is full."""
+        total = 0
+        for dst in self.neighbours if dsts is None else dsts:
+            total += await self.send(dst, kind, payload)
+        return total
 
     async def gather(
         self,
@@ -139,12 +143,14 @@ class Node:
         srcs: Iterable[int] | None = None,
         timeout: float | None = None,
         allow_missing: bool = False,
+        progress: str | None = None,
     ) -> dict[int, Any]:
         """Collect one `kind` payload from each of `srcs` (default: the neighbours).
 
         With allow_missing, sources silent past the timeout are left out and logged instead of failing.
+        With `progress`, the wait is shown as that phase, its steps the sources heard from so far.
         """
-        messages = await self.gather_messages(kind, srcs, timeout, allow_missing)
+        messages = await self.gather_messages(kind, srcs, timeout, allow_missing, progress)
         return {src: msg.payload for src, msg in messages.items()}
 
     async def gather_messages(
@@ -153,12 +159,24 @@ class Node:
         srcs: Iterable[int] | None = None,
         timeout: float | None = None,
         allow_missing: bool = False,
+        progress: str | None = None,
     ) -> dict[int, Message]:
         """Like `gather`, keeping each whole Message (source, size in bytes, payload)."""
         sources = list(self.neighbours if srcs is None else srcs)
-        results = await asyncio.gather(
-            *(self.recv(kind, s, timeout) for s in sources), return_exceptions=True
-        )
+        waits = [asyncio.ensure_future(self.recv(kind, s, timeout)) for s in sources]
+        if progress is not None:
+            heard = 0
+            self.progress(progress, 0, len(sources))
+
+            def arrived(wait: asyncio.Future) -> None:
+                nonlocal heard
+                if not wait.cancelled() and wait.exception() is None:
+                    heard += 1
+                    self.progress(progress, heard, len(sources))
+
+            for wait in waits:
+                wait.add_done_callback(arrived)
+        results = await asyncio.gather(*waits, return_exceptions=True)
         out: dict[int, Message] = {}
         for src, res in zip(sources, results, strict=True):
             if isinstance(res, NodeTimeout) and allow_missing:
@@ -239,6 +257,13 @@ class Node:
         """Seconds since the run was launched, on the clock of the node's log (every event's "t"):
         what results carry so that accuracy can be plotted against time."""
         return round(time.time() - self._ctx.log.t0, 4)
+
+    def progress(self, phase: str, step: int = 0, total: int = 0) -> None:
+        """Say what this node is doing: `step` of `total` steps of `phase` done (no steps: total 0).
+
+        The launcher shows it live, per node or aggregated. It only records the latest value, so it
+        may be called every step, from `run` or from an offloaded computation's thread."""
+        BOARD.record(self.rank, phase, step, total)
 
     def log(self, **metrics: Any) -> None:
         """Record metrics (e.g. round=3, loss=0.2) in this node's jsonl log."""

@@ -6,7 +6,8 @@ with the same working directory and dsim script on every machine, as DeepSpeed a
 reads one JSON line from its stdin: the resolved config as plain values (exactly what the start-up
 fingerprint compares) and the machines with their slots. Sending it on stdin needs no shared disk, no
 temporary file to clean up and no quoting of a config on a command line, and no machine resolves flags
-again (another default, another file) into something else.
+again (another default, another file) into something else. A secure run's key (dsim.secure) travels
+on the same line, outside the config: it is never on a command line, in the environment or on disk.
 
 The child then keeps reading its stdin: when it closes (this launcher died, the ssh session dropped or
 was killed) the child stops its run as on Ctrl-C and, failing that, ends its workers and itself, so
@@ -34,7 +35,7 @@ from typing import IO, Any
 
 import psutil
 
-from dsim import control
+from dsim import control, secure
 from dsim.config import Config, resolve
 from dsim.console import Console
 from dsim.engines import machine_out
@@ -95,15 +96,18 @@ def parse_opts(text: str) -> list[str]:
 
 # --- the side of a started machine -------------------------------------------------------------------
 
-def request(cfg: Config, machines: Sequence[Machine], rank: int) -> bytes:
-    """The run as machine `rank` receives it: one JSON line."""
+def request(cfg: Config, machines: Sequence[Machine], rank: int, key: secure.RunKey | None = None) -> bytes:
+    """The run as machine `rank` receives it: one JSON line (with the run key's secret half, if any)."""
     config = to_dict(cfg)
     config["out"] = machine_out(cfg.out, rank)
-    return json.dumps({"config": config, "hosts": [[m.host, m.slots] for m in machines]}).encode() + b"\n"
+    doc = {"config": config, "hosts": [[m.host, m.slots] for m in machines],
+           "key": key.secret.decode() if key else None}
+    return json.dumps(doc).encode() + b"\n"
 
 
-def receive(fd: int = 0) -> tuple[Config, HostList]:
-    """Read the run sent by machine 0's launcher on `fd`, and from now on stop when it closes.
+def receive(fd: int = 0) -> tuple[Config, HostList, secure.RunKey | None]:
+    """Read the run sent by machine 0's launcher on `fd` (the config, the machines, the run key), and
+    from now on stop when it closes.
 
     The watch reads a file descriptor of its own with os.read, never sys.stdin: a thread blocked inside a
     Python file object holds its lock, and the workers forked meanwhile would deadlock on it."""
@@ -116,10 +120,11 @@ def receive(fd: int = 0) -> tuple[Config, HostList]:
         doc = json.loads(line)
         config, hosts = doc["config"], HostList(tuple(h for h, _ in doc["hosts"]),
                                                 tuple(int(s) for _, s in doc["hosts"]))
-    except (ValueError, KeyError, TypeError):
+        key = secure.RunKey.from_secret(doc["key"]) if doc.get("key") else None
+    except (ValueError, KeyError, TypeError, DsimError):
         raise DsimError("--spawned reads its run on stdin, as `dsim launch --launcher ssh` sends it") from None
     threading.Thread(target=_stop_on_eof, args=(watched,), name="dsim-stdin", daemon=True).start()
-    return resolve(None, config), hosts
+    return resolve(None, config), hosts, key
 
 
 def _read_line(fd: int) -> bytes:
@@ -189,13 +194,14 @@ def launch_over_ssh(cfg: Config, hosts: str, ssh_opts: str, quiet: bool) -> int:
     """Run the experiment on every machine of the hosts file from here; returns the run's exit code."""
     from dsim.launch import plan_launch
 
-    plan = plan_launch(cfg, hosts, 0)  # what machine 0 would refuse is refused before any ssh
+    plan = plan_launch(cfg, hosts, 0, ships_keys=True)  # what machine 0 would refuse is refused before any ssh
     opts, script, cwd = parse_opts(ssh_opts), dsim_script(), os.getcwd()
     others = plan.machines[1:]
     check_reachable(others, opts, cwd, script)
     Console(quiet=quiet).say(f"dsim: starting {len(others)} more machine{'s' if len(others) > 1 else ''} over "
                              f"ssh: {', '.join(m.host for m in others)}")
-    fleet = Fleet(cfg, plan.machines, opts, script, cwd, quiet, f"tcp://{plan.host_ip}:{cfg.net.master_port}")
+    fleet = Fleet(cfg, plan.machines, opts, script, cwd, quiet, f"tcp://{plan.host_ip}:{cfg.net.master_port}",
+                  plan.key)
     return fleet.run()
 
 
@@ -214,9 +220,9 @@ class Fleet:
     """The launchers of every machine, started from here; whatever happens, none is left running."""
 
     def __init__(self, cfg: Config, machines: list[Machine], opts: list[str], script: str, cwd: str,
-                 quiet: bool, master: str) -> None:
+                 quiet: bool, master: str, key: secure.RunKey | None = None) -> None:
         self.cfg, self.machines, self.opts, self.script, self.cwd = cfg, machines, opts, script, cwd
-        self.quiet, self.master = quiet, master
+        self.quiet, self.master, self.key = quiet, master, key
         self.sessions: list[Session] = []
         self.interrupted = False
         self._lost: Any = None  # a ZeroMQ socket to the coordinator, made when a machine fails
@@ -254,7 +260,7 @@ class Fleet:
                 relay.start()
                 session.relays.append(relay)
         with contextlib.suppress(OSError):  # one that died at once is reported by its exit code
-            proc.stdin.write(request(self.cfg, self.machines, machine.index))
+            proc.stdin.write(request(self.cfg, self.machines, machine.index, self.key))
             proc.stdin.flush()
         if machine.index == 0 and self.interrupted:
             self._interrupt()
@@ -284,6 +290,7 @@ class Fleet:
         if self._lost is None:
             self._lost = zmq.Context().socket(zmq.DEALER)
             self._lost.setsockopt(zmq.LINGER, 1000)
+            secure.dial(self._lost, self.key)
             self._lost.connect(self.master)
         with contextlib.suppress(zmq.ZMQError):
             self._lost.send(control.encode(control.Lost(machine=machine, reason=reason)), flags=zmq.NOBLOCK)

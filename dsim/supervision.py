@@ -20,6 +20,7 @@ from dsim import control
 from dsim.config import differences
 from dsim.console import fmt_bytes
 from dsim.plan import WorkerPlan, format_ranks
+from dsim.progress import Tracker, View, summarize
 
 Send: TypeAlias = tuple[bytes, control.Message]
 """A message to send, and the ZeroMQ identity of the worker or launcher it goes to."""
@@ -84,6 +85,7 @@ class CoordinatorState:
         self.done: set[int] = set()
         self.last_seen: dict[str, float] = {}
         self.beats: dict[str, control.Heartbeat] = {}
+        self.tracker = Tracker()  # every node's latest phase and step, from the heartbeats
         self.waves: dict[str, control.Counts] = {}
         self.finals: dict[str, dict[int, dict[str, Any]]] = {}
         self.exits: dict[str, int] = {}  # exit codes of this machine's workers that have exited
@@ -123,6 +125,7 @@ class CoordinatorState:
                 self.ready.add(name)
             case control.Heartbeat() if known:
                 self.beats[name] = msg
+                self.tracker.update(msg.progress, now)
             case control.Done() if known and msg.rank in self.plans[name].ranks:
                 self.done.add(msg.rank)
                 self.outcome.results[msg.rank] = msg.result
@@ -187,14 +190,15 @@ class CoordinatorState:
         """The run's summary, for the launchers of the other machines."""
         return [(identity, control.End(summary=summary)) for identity in self.launchers.values()]
 
-    def progress(self, now: float) -> str:
-        """The one-line status shown while the run goes on."""
+    def progress(self, now: float) -> View:
+        """What the launcher shows while the run goes on: a headline, and each node's phase and step
+        (aggregated by role and phase in large runs)."""
         if self.phase < Phase.RUNNING:
-            return (f"starting: {len(self.registered)}/{len(self.plans)} workers registered, "
-                    f"{len(self.ready)} ready")
+            return View(f"starting: {len(self.registered)}/{len(self.plans)} workers registered, "
+                        f"{len(self.ready)} ready")
         sent = sum(b.bytes_sent for b in self.beats.values())
-        return (f"running {now - self._started:6.1f} s | nodes done {len(self.done)}/{len(self.world)} | "
-                f"sent {fmt_bytes(sent)}")
+        return View(f"running {now - self._started:6.1f} s | nodes done {len(self.done)}/{len(self.world)} | "
+                    f"sent {fmt_bytes(sent)}", summarize(self.tracker.nodes, self.done, self.world, now))
 
     def awaited(self) -> list[str]:
         """Workers whose final report can still come: those we heard from or that still run here, unless

@@ -27,7 +27,7 @@ import networkx as nx
 import zmq
 import zmq.asyncio
 
-from dsim import control
+from dsim import control, secure
 from dsim.churn import Conditions
 from dsim.config import Config
 from dsim.hosting import (
@@ -47,7 +47,8 @@ from dsim.links import LinkTable
 from dsim.node import Node
 from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
-from dsim.transport import Endpoint, links_settled
+from dsim.progress import BOARD
+from dsim.transport import Endpoint, Traffic, links_settled
 from dsim.wire import WireError
 
 M = TypeVar("M", bound=control.Message)
@@ -68,6 +69,7 @@ class WorkerSpec:
     first_rank: int = 0  # this machine's first rank: a node's local rank picks its GPU
     links: LinkTable | None = None  # the emulated links, resolved by the launcher (None: all ideal)
     conditions: Conditions | None = None  # churn schedules and straggler factors (None: neither)
+    key: secure.RunKey | None = None  # the run key (None: plain sockets); reaches workers by fork alone
 
 
 class CoordinatorLost(Exception):
@@ -90,6 +92,7 @@ class Worker:
         self.endpoints: dict[int, Endpoint] = {}
         self.logs: dict[int, NodeLog] = {}
         self.messages: MessageLog | None = None
+        self.traffic = Traffic()  # the sums over this process's nodes, kept by their counters
         self.roles: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.beats: Heartbeat | None = None
@@ -98,9 +101,11 @@ class Worker:
     async def run(self) -> int:
         self.ctx = zmq.asyncio.Context()
         self.ctx.MAX_SOCKETS = 65536
+        self.gate = secure.Gate(self.ctx, self.spec.key)
         self.ctl = self.ctx.socket(zmq.DEALER)
         self.ctl.setsockopt(zmq.IDENTITY, self.spec.name.encode())
         self.ctl.setsockopt(zmq.LINGER, 2000)
+        secure.dial(self.ctl, self.spec.key)
         self.ctl.connect(self.spec.control)
         try:
             with contextlib.suppress(Stopped):  # told to stop before the run started
@@ -130,6 +135,7 @@ class Worker:
             if self.messages is not None:
                 self.messages.close()
             self.ctl.close(linger=1000)
+            self.gate.stop()
             self.ctx.term()
 
     async def _send(self, msg: control.Message) -> None:
@@ -161,11 +167,14 @@ class Worker:
                 await links_settled(self.endpoints.values(), self.heartbeat)
                 await self._send(control.Counts(name=self.spec.name, wave=msg.wave, **self._totals()))
 
+    def _beat(self) -> control.Heartbeat:
+        """The heartbeat: traffic totals, and the progress of the nodes that changed since the last beat."""
+        return control.Heartbeat(name=self.spec.name, progress=BOARD.drain(self.roles), **self._totals())
+
     def _totals(self) -> dict[str, int]:
         """Frame totals over this worker's nodes, as counts and heartbeats carry them (a lost message
         counts as received: it is no longer in flight)."""
-        totals = [ep.counters.balance() for ep in self.endpoints.values()]
-        return {k: sum(t[k] for t in totals) for k in control.TRAFFIC_FIELDS}
+        return self.traffic.as_dict()
 
     async def _serve(self) -> None:
         spec, cfg = self.spec, self.spec.config
@@ -173,7 +182,7 @@ class Worker:
         data: dict[int, Any] = {}
         try:
             self.devices = place_nodes(cfg, spec.program, spec.ranks, spec.first_rank)
-            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)))
+            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)), spec.key)
             hub.bind(spec.host, cfg.net.port_range)
             self.logs = open_logs(spec.run_dir, spec.ranks, spec.t0)
             self.messages = open_message_log(cfg, spec.run_dir, spec.name, spec.t0)
@@ -181,7 +190,8 @@ class Worker:
                 role = spec.program.role_of(rank, spec.graph)
                 self.roles[rank] = role
                 log = self.logs[rank]
-                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links, self.messages)
+                ep = self.endpoints[rank] = make_endpoint(hub, cfg, spec.graph, rank, log, spec.links, self.messages,
+                                                         self.traffic)
                 hub.attach(ep)
                 log_start(log, role, ep, self.devices[rank])
                 if spec.program.uses_data:
@@ -209,7 +219,7 @@ class Worker:
         await self._expect(control.Start, self.start_timeout)
         loop = asyncio.get_running_loop()
         self.beats = Heartbeat(zmq.Context.shadow(self.ctx.underlying), spec.control, spec.name,
-                               self.heartbeat, lambda: control.Heartbeat(name=spec.name, **self._totals()))
+                               self.heartbeat, self._beat, spec.key)
         self.beats.start()
         # Everything built so far lives for the whole run: keep it out of the cyclic collector's
         # scans. With thousands of nodes per process each full collection walked millions of
@@ -255,11 +265,12 @@ class Heartbeat(threading.Thread):
     for a while is slow, not dead, and must not be reported as silent. A dead process stops beating."""
 
     def __init__(self, ctx: zmq.Context, address: str, name: str, interval: float,
-                 message: Callable[[], control.Heartbeat]) -> None:
+                 message: Callable[[], control.Heartbeat], key: secure.RunKey | None = None) -> None:
         super().__init__(name=f"dsim-heartbeat-{name}", daemon=True)
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, f"{name}/hb".encode())
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure.dial(self.sock, key)
         self.sock.connect(address)
         self.interval, self.message = interval, message
         self._stop_event = threading.Event()

@@ -1,4 +1,5 @@
-"""What the comparison scripts share: one `dsim launch` and the per-client figures of its run directory."""
+"""compare_links.py's one `dsim launch` and the per-client figures of its run directory (grids of runs
+without per-algorithm settings are `dsim launch --sweep`; see README, Sweeps)."""
 
 from __future__ import annotations
 

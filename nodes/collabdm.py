@@ -13,6 +13,7 @@ A client that does not answer within `dm.client_timeout` is left out and recorde
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -79,7 +80,8 @@ class Server(Node):
         per_client = {k: [s for s, members in assignment.items() if k in members] for k in clients}
         for k in clients:
             await self.send(k, "assign", {"seeds": per_client[k]})
-        replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True)
+        replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True,
+                                             progress="wait for clients")
         missing = sorted(set(clients) - set(replies))
         self.use_all_cores()  # the clients are done: refinement and evaluation may use the whole machine
         if not replies:
@@ -97,13 +99,14 @@ class Server(Node):
                 dm.server_refine, syn_x, syn_y, targets, num_classes=num_classes, present=present,
                 lr=opts.server_lr, model=opts.model_spec, dsa_strategy=strategy, pae_factor=opts.pae_factor,
                 progress=lambda step, loss: self.log(phase="server_refine", step=step, loss=loss),
+                on_step=partial(self.progress, "refine"),
             )
         np.savez(self.run_dir / "synthetic.npz", images=syn_x.cpu().numpy(), labels=syn_y.cpu().numpy())
         score = await self.offload(
             evaluate.evaluate_synthetic, syn_x, syn_y, data.dataset.test_x.to(self.device),
             data.dataset.test_y.to(self.device), num_models=opts.eval_models, epochs=opts.eval_epochs,
             model=opts.model_spec, seed=self.config.seed, dsa_strategy=strategy, pae_factor=opts.pae_factor,
-            num_classes=num_classes,
+            num_classes=num_classes, on_step=partial(self.progress, "evaluate model"),
         )
         self.log(phase="evaluation", **score)
         return {
@@ -141,6 +144,7 @@ class Client(Node):
 
     async def run(self) -> dict[str, Any]:
         opts, data = self.options, self.data
+        self.progress("wait for seeds")
         seeds = (await self.recv("assign", src=self.server)).payload["seeds"]
         num_classes = data.dataset.num_classes
         ipc = local_ipc(opts.ipc, len(self.clients))
@@ -153,7 +157,7 @@ class Client(Node):
                 dm.distill_dm, images, labels, data.train_x, data.train_y, iterations=opts.iterations,
                 lr=opts.lr, batch_real=opts.batch_real, model=opts.model_spec, num_classes=num_classes,
                 dsa_strategy=strategy, seed=seed, pae_factor=pae, match_std=pae is not None,
-                progress=self._progress,
+                progress=self._progress, on_step=partial(self.progress, "distill"),
             )
         payload: dict[str, Any] = {"images": images.float(), "labels": labels, "seeds": seeds,
                                    "counts": dm.class_counts(data.train_y, num_classes)}
@@ -161,7 +165,9 @@ class Client(Node):
             payload["means"] = await self.offload(
                 dm.client_mean_embeddings, data.train_x, data.train_y, seeds, num_classes,
                 batch=opts.mean_batch, model=opts.model_spec, dsa_strategy=strategy, sample_seed=seed,
+                on_step=partial(self.progress, "embed means"),
             )
+        self.progress("send set")
         nbytes = await self.send(self.server, "set", payload)
         return {"images": len(images), "seeds": len(seeds), "bytes_sent": nbytes}
 

@@ -44,6 +44,7 @@ class Peer(Node):
         eval_every, subset = opts.eval_every, opts.test_subset
         accuracy, history = float("nan"), []
         for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             params, loss = await self.offload(
                 train_from, model, params, data.train_x, data.train_y, opts, data.dataset.name,
                 dsa.derive_seed(seed, self.rank, rnd),

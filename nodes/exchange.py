@@ -36,7 +36,8 @@ class Peer(Node):
         x = np.zeros(nbytes // 4, dtype=np.float32)  # one array, never written: safe to resend every round
         received = 0
         start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(rounds):
+        for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             for nbr in self.neighbours:
                 await self.send(nbr, KIND, x)
             for nbr in self.neighbours:

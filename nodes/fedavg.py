@@ -129,6 +129,7 @@ class Server(Node):
         history: list[dict[str, Any]] = []
         dropped: dict[str, list[int]] = {}
         for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             chosen = self.participants(rng)
             await self.broadcast("global", {"round": rnd, "params": params}, dsts=chosen)
             replies = await self.gather_round("update", rnd, chosen, timeout=opts.round_timeout)
@@ -173,6 +174,7 @@ class Client(Node):
             if msg.payload.get("stop"):
                 break
             rnd = msg.payload["round"]
+            self.progress("round", rnd, self.config.rounds)
             params, loss = await self.offload(
                 train_from, model, msg.payload["params"].to(self.device, copy=True), data.train_x, data.train_y, opts,
                 data.dataset.name, dsa.derive_seed(seed, self.rank, rnd),

@@ -30,6 +30,7 @@ class Server(Node):
         size, rounds = self.options.size, max(1, self.config.rounds)
         answered = 0
         for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             await self.broadcast("request", {"round": rnd, "size": size}, dsts=self.clients)
             replies = await self.gather("reply", self.clients, allow_missing=self.options.allow_missing)
             for src, payload in replies.items():
@@ -46,7 +47,8 @@ class Client(Node):
 
     async def run(self) -> dict[str, Any]:
         rounds = max(1, self.config.rounds)
-        for _ in range(rounds):
+        for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             request = (await self.recv("request", src=self.server)).payload
             x = np.full(request["size"], self.rank, dtype=np.float32)
             await self.send(self.server, "reply", {"round": request["round"], "x": x})

@@ -52,6 +52,7 @@ class Peer(Node):
         target = consensus_target(seed, self.graph.number_of_nodes(), dim)
         start_error = float(np.linalg.norm(x - target))
         for rnd in range(rounds):
+            self.progress("round", rnd, rounds)
             await self.broadcast("gossip", {"round": rnd, "x": x})
             got = await self.gather_round("gossip", rnd, timeout=self.options.round_timeout)
             mixed = (1.0 - sum(weights[n] for n in got)) * x  # a missing neighbour's weight stays here

@@ -26,8 +26,9 @@ import asyncio
 import shutil
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,7 @@ import numpy as np
 from msgspec import Meta
 
 from dsim.lazy import lazy_import
+from dsim.ml import StepFn
 from dsim.node import Node
 from dsim.nodes.options import ModelOptions
 from dsim.program import Program
@@ -91,10 +93,13 @@ class MTTOptions(ModelOptions):
 
 def score(x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
           optimizer: str, lr: float, epochs: int, count: int, spec: Any, num_classes: int,
-          dsa_strategy: str | None, seed: int) -> list[float]:
-    """Accuracy of `count` fresh models trained on (x, y) and tested on (test_x, test_y)."""
+          dsa_strategy: str | None, seed: int, on_step: StepFn | None = None) -> list[float]:
+    """Accuracy of `count` fresh models trained on (x, y) and tested on (test_x, test_y); on_step gets
+    (models scored, count)."""
     out = []
     for i in range(count):
+        if on_step is not None:
+            on_step(i, count)
         net = models.build_model(spec, x.shape[1], num_classes, x.shape[-1], dsa.derive_seed(seed, i, 1),
                                  device=x.device)
         train.train_model(net, x, y, optimizer=optimizer, lr=lr, epochs=epochs, dsa_strategy=dsa_strategy,
@@ -119,8 +124,9 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
 def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                         opts: MTTOptions, *, num_classes: int, dsa_strategy: str | None, seed: int,
-                        log: Any) -> dict[str, Any]:
-    """Grid search over (optimizer, lr) on the held-out data, then the final scores on the test set."""
+                        log: Any, progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+    """Grid search over (optimizer, lr) on the held-out data, then the final scores on the test set.
+    `progress` is the node's (phase, step, total)."""
     spec = opts.model_spec
     grid = [("sgd", lr) for lr in opts.grid_sgd] + [("adam", lr) for lr in opts.grid_adam]
     if opts.select_on == "test_split":
@@ -136,7 +142,8 @@ def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.
         fit_x, fit_y, sel_x, sel_y = syn_x[train_idx], syn_y[train_idx], syn_x[held_idx], syn_y[held_idx]
     search = []
     if len(sel_x) and len(fit_x):
-        for optimizer, lr in grid:
+        for i, (optimizer, lr) in enumerate(grid):
+            progress("search lr", i, len(grid))
             acc = score(fit_x, fit_y, sel_x, sel_y, optimizer=optimizer, lr=lr, epochs=opts.search_epochs,
                         count=1, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
                         seed=dsa.derive_seed(seed, 0x5EA))[0]
@@ -148,7 +155,7 @@ def select_and_evaluate(syn_x: torch.Tensor, syn_y: torch.Tensor, test_x: torch.
         chosen = grid[0]
     accs = score(syn_x, syn_y, test_x, test_y, optimizer=chosen[0], lr=chosen[1], epochs=opts.eval_epochs,
                  count=opts.eval_models, spec=spec, num_classes=num_classes, dsa_strategy=dsa_strategy,
-                 seed=dsa.derive_seed(seed, 0xE7A))
+                 seed=dsa.derive_seed(seed, 0xE7A), on_step=partial(progress, "evaluate model"))
     return {"accuracy_mean": statistics.fmean(accs), "accuracy_std": statistics.pstdev(accs), "accuracies": accs,
             "optimizer": chosen[0], "lr": chosen[1], "search": search, "select_on": opts.select_on,
             "selection_images": len(sel_x), "test_images": len(test_x)}
@@ -177,7 +184,8 @@ class Server(Node):
 
         logger = asyncio.get_running_loop().create_task(log_progress())
         try:
-            replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True)
+            replies = await self.gather_messages("set", clients, timeout=opts.client_timeout, allow_missing=True,
+                                                 progress="wait for clients")
         finally:
             logger.cancel()
             await asyncio.gather(logger, return_exceptions=True)
@@ -197,8 +205,7 @@ class Server(Node):
         result = await self.offload(
             select_and_evaluate, syn_x, syn_y, ds.test_x.to(self.device), ds.test_y.to(self.device), opts,
             num_classes=ds.num_classes, dsa_strategy=dsa.default_strategy(ds.name) if opts.dsa else None,
-            seed=self.config.seed,
-            log=self.log,
+            seed=self.config.seed, log=self.log, progress=self.progress,
         )
         self.log(phase="evaluation", **{k: v for k, v in result.items() if k != "search"})
         return {
@@ -234,6 +241,7 @@ class Client(Node):
                                                      seed, strategy)
         else:
             images, labels = await self.distill(seed, strategy, has_val, out)
+        self.progress("send set")
         progress_bytes = sum(await asyncio.gather(*(asyncio.wrap_future(f) for f in self._pending)))
         nbytes = await self.send(self.server, "set", {"images": images.float(), "labels": labels.long(),
                                                       "progress_sent": len(self._pending)})
@@ -251,6 +259,7 @@ class Client(Node):
         store = Path(self.run_dir) / "experts" / str(self.rank) if buffer_mb > opts.store_experts_mb else None
 
         def expert_progress(done: int, total: int) -> None:
+            self.progress("expert epochs", done, total)
             if done % epochs == 0:
                 self.report({"phase": "experts", "epochs_done": done, "epochs_total": total})
 
@@ -274,7 +283,7 @@ class Client(Node):
             lr_teacher=opts.lr_teacher, batch_syn=opts.batch_syn or None, model=spec,
             dsa_strategy=strategy, seed=seed, eval_every=eval_every, val_x=data.val_x if has_val else None,
             val_y=data.val_y if has_val else None, eval_epochs=opts.client_eval_epochs,
-            eval_models=opts.client_eval_models, progress=distill_progress,
+            eval_models=opts.client_eval_models, progress=distill_progress, on_step=partial(self.progress, "distill"),
         )
         del experts
         if store is not None and not opts.keep_experts:
@@ -299,6 +308,7 @@ class Client(Node):
             x, y, data.val_x, data.val_y, num_models=opts.client_eval_models,
             epochs=opts.client_eval_epochs, model=opts.model_spec, seed=dsa.derive_seed(seed, -3), lr=lr,
             dsa_strategy=strategy, num_classes=data.dataset.num_classes,
+            on_step=partial(self.progress, "validate model"),
         )["mean"]
 
     def report(self, payload: dict[str, Any]) -> None:

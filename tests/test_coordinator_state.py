@@ -158,7 +158,7 @@ def test_heartbeats_keep_every_worker_alive() -> None:
                                                                      msgs_sent=1, msgs_recv=1), float(t))
         state.check(t + 5.0, {})
     assert state.phase is Phase.RUNNING
-    assert "sent 380 B" in state.progress(200.0)
+    assert "sent 380 B" in state.progress(200.0).headline
 
 
 def test_a_dead_process_aborts_with_its_exit_signal() -> None:

@@ -22,7 +22,8 @@ from dsim.engines import Engine, decide, detect, expand_nodelist, machine_out
 from dsim.errors import DsimError
 from dsim.hosts import HostList, Machine, check_local, entries, spread
 
-RING = ["--topology", "ring", "--algorithm", "gather", "--set", "rounds=2"]  # N clients and a server
+# N clients and a server; plain sockets: machines started by hand share no run key (tests/test_secure.py)
+RING = ["--topology", "ring", "--algorithm", "gather", "--set", "rounds=2", "--set", "net.secure=off"]
 LOOPBACK = ("127.0.0.1", "127.0.0.2")
 
 

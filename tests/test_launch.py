@@ -198,7 +198,7 @@ def test_two_machines_from_one_hosts_file(tmp_path) -> None:
     port = free_port()
     hosts.write_text("127.0.0.1 slots=3\n127.0.0.2 slots=3\n")
     common = ["--nodes", "5", "--topology", "ring", "--algorithm", "gather", "--hosts", str(hosts),
-              "--set", f"net.master_port={port}", "--set", "rounds=2"]
+              "--set", f"net.master_port={port}", "--set", "rounds=2", "--set", "net.secure=off"]
     procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i)) for i in range(2)]
     for proc, _ in procs:
         _, stderr = proc.communicate(timeout=120)
@@ -215,7 +215,7 @@ def test_machines_with_different_settings_refuse_to_start(tmp_path) -> None:
     port = free_port()
     hosts.write_text("127.0.0.1 slots=2\n127.0.0.2 slots=2\n")
     common = ["--nodes", "4", "--topology", "ring", "--algorithm", "gossip", "--hosts", str(hosts),
-              "--set", f"net.master_port={port}"]
+              "--set", f"net.master_port={port}", "--set", "net.secure=off"]
     procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i), "--set", f"rounds={3 + i}")
              for i in range(2)]
     errors = []
@@ -319,7 +319,7 @@ def test_machines_with_different_data_files_refuse_to_start(tmp_path, mnist_dir)
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 slots=2\n127.0.0.2 slots=2\n")
     common = ["--nodes", "3", "--topology", "star", "--algorithm", "base", "--dataset", "mnist", "--hosts", str(hosts),
-              "--set", f"net.master_port={free_port()}", "--set", "net.start_timeout=15"]
+              "--set", f"net.master_port={free_port()}", "--set", "net.start_timeout=15", "--set", "net.secure=off"]
     procs = [launch_background(tmp_path / f"m{i}", *common, "--machine-rank", str(i),
                                "--data-dir", str(mnist_dir if i == 0 else tmp_path / "data")) for i in range(2)]
     errors = []

@@ -27,7 +27,8 @@ def test_two_namespace_hosts_run_one_experiment(tmp_path, two_hosts) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(f"# two hosts\n{ADDRESSES[0]} slots=3\n{ADDRESSES[1]} slots=3\n")
     args = ["launch", "--nodes", "5", "--topology", "ring", "--algorithm", "gather", "--hosts", str(hosts),
-            "--set", "rounds=2", "--set", "net.master_port=29731", "--launcher", "none"]
+            "--set", "rounds=2", "--set", "net.master_port=29731", "--launcher", "none",
+            "--set", "net.secure=off"]  # by hand, without a key file (the secure ring: tests/test_secure.py)
     procs = [subprocess.Popen(["ip", "netns", "exec", ns, dsim_script(), *args, "--out", str(tmp_path / ns)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for ns in two_hosts]
     outputs = [p.communicate(timeout=120) for p in procs]

@@ -14,6 +14,7 @@ import msgspec
 from dsim.config import resolve
 from dsim.data.partitioners import PARTITIONERS, click_options, pop_partition_params
 from dsim.engines import LAUNCHERS, Start, decide, machine_out
+from dsim.errors import DsimError
 
 
 @click.command("launch")
@@ -23,6 +24,9 @@ from dsim.engines import LAUNCHERS, Start, decide, machine_out
 @click.option("--seed", type=int, help="Seed of everything random (graph, data split, models).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any options.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set any config key, e.g. graph.degree=6.")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2,...",
+              help="Run every combination of these values of any --set key, one run after another, each in "
+                   "its own directory under --out (default runs/<UTC time>-sweep-<algorithm>); resumable.")
 @click.option("--out", help="Run directory (default runs/<UTC time>-<algorithm>).")
 @click.option("--hosts", type=click.Path(dir_okay=False), help="Hosts file: one 'HOST slots=N' per line.")
 @click.option("--machine-rank", type=int, help="This machine's line in the hosts file (0-based); else detected.")
@@ -41,13 +45,18 @@ from dsim.engines import LAUNCHERS, Start, decide, machine_out
 @click_options(defaults=False)
 @click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, start nothing.")
 @click.option("--quiet", is_flag=True, help="No progress line or closing table (failures are still shown).")
-def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, quiet, dry_run, dataset, data_dir,
+def launch(config_file, sets, sweeps, hosts, machine_rank, launcher, ssh_opts, spawned, quiet, dry_run, dataset, data_dir,
            download, partition, **flags) -> None:
     """Run node processes on a graph and write the run directory."""
+    if sweeps:
+        sys.exit(_sweep(sweeps, config_file, sets, hosts, machine_rank, launcher, spawned, quiet, dry_run,
+                        {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
+                         **pop_partition_params(flags)}, flags))
+    key = None  # the run key, when machine 0's SSH launcher sent one
     if spawned:
         from dsim import ssh
 
-        cfg, shipped = ssh.receive(sys.stdin.fileno())
+        cfg, shipped, key = ssh.receive(sys.stdin.fileno())
         start = Start("none", shipped, machine_rank)
     else:
         data = {"dataset": dataset, "data_dir": data_dir, "download": download, "partition": partition,
@@ -59,7 +68,7 @@ def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, 
     if dry_run:
         from dsim.dryrun import dry_run as show_plan
 
-        show_plan(cfg, hosts=start.hosts, machine_rank=start.machine_rank)
+        show_plan(cfg, hosts=start.hosts, machine_rank=start.machine_rank, ships_keys=start.launcher == "ssh")
         return
     if start.launcher == "ssh":
         from dsim.ssh import launch_over_ssh
@@ -67,5 +76,21 @@ def launch(config_file, sets, hosts, machine_rank, launcher, ssh_opts, spawned, 
         sys.exit(launch_over_ssh(cfg, hosts, ssh_opts, quiet))
     from dsim.launch import launch as run_launch
 
-    code, _ = run_launch(cfg, hosts=start.hosts, machine_rank=start.machine_rank, quiet=quiet)
+    code, _ = run_launch(cfg, hosts=start.hosts, machine_rank=start.machine_rank, quiet=quiet, key=key)
     sys.exit(code)
+
+
+def _sweep(sweeps, config_file, sets, hosts, machine_rank, launcher, spawned, quiet, dry_run, data, flags) -> int:
+    """--sweep: every point of the grid on this machine (dsim.sweep plans, resumes and records them)."""
+    from dsim import sweep
+
+    if spawned or hosts or machine_rank is not None or decide(launcher, None, None).engine is not None:
+        raise DsimError("--sweep runs every point on this machine; --hosts, --machine-rank and srun/mpirun "
+                        "are not supported with it (run one dsim launch per point there)")
+    axes = sweep.parse_axes(sweeps)
+    parent, points = sweep.plan_sweep(axes, config_file, {**flags, "data": data}, sets)
+    if dry_run:
+        for line in sweep.dry_run(parent, axes, points):
+            click.echo(line)
+        return 0
+    return sweep.run_sweep(axes, parent, points, quiet=quiet)

@@ -9,3 +9,9 @@
 - device: per-device defaults (chunk sizes), host-to-device copies without a sync, reproducible
   kernels. Every function runs on the device of its tensor inputs (see device's docstring).
 """
+
+from collections.abc import Callable
+
+StepFn = Callable[[int, int], None]
+"""The loops' optional `on_step` callback: (steps done, total steps), called with (0, total) before the
+first step and after each one. It reads nothing back from the device, so it costs no sync."""

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from dsim.errors import DsimError
+from dsim.ml import StepFn
 from dsim.ml.device import CPU_CHUNK, DeviceLike, default_chunk, to_device
 from dsim.ml.dsa import DEFAULT_STRATEGY, augment, derive_seed
 from dsim.ml.models import ConvNet, ModelSpec, build_model, embedding_dim
@@ -315,6 +316,7 @@ def distill_dm(
     progress: ProgressFn | None = None,
     chunk: int | None = None,
     per_class_loop: bool = False,
+    on_step: StepFn | None = None,
 ) -> torch.Tensor:
     """Distill (real_x, real_y) into the synthetic images `init_x` (labels `init_y`) by DM.
 
@@ -323,7 +325,8 @@ def distill_dm(
     are expanded before embedding; CollabDM-pae clients also set match_std=True (REFERENCE §3).
     Returns the distilled images (same shape as init_x) on real_x's device (init_x is moved there);
     bit-identical for the same inputs, seed and device. chunk: images per forward call (None:
-    default_chunk of the device). progress forces one device sync per step (it reads the loss).
+    default_chunk of the device). progress forces one device sync per step (it reads the loss);
+    on_step (iterations done, iterations) costs none.
     per_class_loop: the reference code's one forward per class instead of one batched pass (the
     benchmark baseline); same sampling, networks and steps, so the same images up to float rounding.
     """
@@ -332,7 +335,7 @@ def distill_dm(
         loss_fn, init_x, init_y, real_x, real_y, iterations=iterations, lr=lr, momentum=momentum,
         batch_real=batch_real, model=model, num_classes=num_classes, dsa_strategy=dsa_strategy,
         seed=seed, pae_factor=pae_factor, match_std=match_std, progress=progress,
-        loss_kwargs=loss_kwargs,
+        loss_kwargs=loss_kwargs, on_step=on_step,
     )  # fmt: skip
 
 
@@ -355,6 +358,7 @@ def _distill(
     match_std: bool,
     progress: ProgressFn | None,
     loss_kwargs: dict,
+    on_step: StepFn | None,
 ) -> torch.Tensor:
     channels, size = _image_shape(real_x, "real images")
     if init_x.shape[1:] != real_x.shape[1:] or len(init_x) != len(init_y):
@@ -383,7 +387,7 @@ def _distill(
             net, real_parts, syn_parts, aug_seeds, dsa_strategy, match_std=match_std, **loss_kwargs
         )
 
-    return _descend(to_device(init_x, device), lr, momentum, iterations, loss_at, progress)
+    return _descend(to_device(init_x, device), lr, momentum, iterations, loss_at, progress, on_step)
 
 
 def _descend(
@@ -393,12 +397,15 @@ def _descend(
     steps: int,
     loss_at: Callable[[int, torch.Tensor], torch.Tensor],
     progress: ProgressFn | None,
+    on_step: StepFn | None = None,
 ) -> torch.Tensor:
     """SGD on the pixels of a copy of `init`, one step per loss_at(step, pixels): DM and the CollabDM server.
 
     The loss is read back (a device sync) only for a progress callback."""
     syn = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([syn], lr=lr, momentum=momentum)
+    if on_step is not None:
+        on_step(0, steps)
     for step in range(steps):
         loss = loss_at(step, syn)
         optimizer.zero_grad(set_to_none=True)
@@ -406,6 +413,8 @@ def _descend(
         optimizer.step()
         if progress is not None:
             progress(step + 1, float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, steps)
     return syn.detach()
 
 
@@ -423,6 +432,7 @@ def client_mean_embeddings(
     dsa_strategy: str | None = DEFAULT_STRATEGY,
     sample_seed: int = 0,
     chunk: int | None = None,
+    on_step: StepFn | None = None,
 ) -> torch.Tensor:
     """Client side of CollabDM: Tensor[len(seeds), num_classes, emb_dim] of mean real embeddings.
 
@@ -430,6 +440,7 @@ def client_mean_embeddings(
     with DSA seed derive_seed(seeds[t], y), under the network built from seeds[t]. Classes the
     client lacks are zero rows (send `class_counts` beside them). Real images are never
     pae-expanded. Batch sampling is seeded by (sample_seed, seeds[t]). On real_x's device and dtype.
+    on_step: (seeds done, seeds).
     """
     channels, size = _image_shape(real_x, "real images")
     device = real_x.device
@@ -441,6 +452,8 @@ def client_mean_embeddings(
     if not classes:
         return out
     rows = to_device(torch.tensor(classes, dtype=torch.long), device)
+    if on_step is not None:
+        on_step(0, len(seeds))
     for t, net_seed in enumerate(seeds):
         net = frozen_net(model, channels, num_classes, size, net_seed, device=device)
         sampler = torch.Generator().manual_seed(derive_seed(sample_seed, net_seed))
@@ -449,6 +462,8 @@ def client_mean_embeddings(
             net, parts, [derive_seed(net_seed, c) for c in classes], dsa_strategy, chunk=chunk
         )
         out[t, rows] = means
+        if on_step is not None:
+            on_step(t + 1, len(seeds))
     return out
 
 
@@ -535,6 +550,7 @@ def server_refine(
     pae_factor: int | None = None,
     progress: ProgressFn | None = None,
     chunk: int | None = None,
+    on_step: StepFn | None = None,
 ) -> torch.Tensor:
     """Server side of CollabDM: one SGD step on the synthetic pixels per seed, in `targets` order.
 
@@ -544,6 +560,7 @@ def server_refine(
     network and the per-class DSA are rebuilt from each seed exactly as the clients did; the
     whole synthetic set of each class is used (no std term, as in the reference server). Runs on
     syn_x's device; targets and masks may live anywhere (they are copied over once, up front).
+    on_step: (seeds done, seeds).
     """
     channels, size = _image_shape(syn_x, "synthetic images")
     prepared = _CollabSteps(syn_x, syn_y, targets, present)
@@ -556,7 +573,7 @@ def server_refine(
             pae_factor, chunk,
         )  # fmt: skip
 
-    return _descend(syn_x, lr, momentum, len(prepared.steps), loss_at, progress)
+    return _descend(syn_x, lr, momentum, len(prepared.steps), loss_at, progress, on_step)
 
 
 def collab_objective(

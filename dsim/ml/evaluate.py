@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dsim.errors import DsimError
+from dsim.ml import StepFn
 from dsim.ml.device import to_device
 from dsim.ml.dsa import DEFAULT_STRATEGY, derive_seed
 from dsim.ml.models import ModelSpec, build_model, model_device
@@ -61,6 +62,7 @@ def evaluate_synthetic(
     pae_factor: int | None = None,
     num_classes: int | None = None,
     eval_batch: int = 512,
+    on_step: StepFn | None = None,
 ) -> SyntheticScore:
     """Train `num_models` fresh ConvNets on the synthetic set and score each on the test set.
 
@@ -68,7 +70,7 @@ def evaluate_synthetic(
     the papers use 1000 epochs, scale `epochs` down on a CPU. A pae set is expanded first.
     Returns accuracies in [0, 1], their mean and population std (np.std, as the reference).
     The models are built on the CPU from their seeds and trained on syn_x's device; the test set
-    may stay on the CPU (it is streamed over in batches).
+    may stay on the CPU (it is streamed over in batches). on_step: (models scored, num_models).
     """
     if num_models < 1:
         raise DsimError(f"num_models must be >= 1, got {num_models}")
@@ -84,6 +86,8 @@ def evaluate_synthetic(
     if num_classes is None:
         num_classes = max(int(train_y.max()), int(test_y.max())) + 1
     accuracies = []
+    if on_step is not None:
+        on_step(0, num_models)
     for i in range(num_models):
         net = build_model(
             model, syn_x.shape[1], num_classes, syn_x.shape[-1], derive_seed(seed, i, 1),
@@ -95,6 +99,8 @@ def evaluate_synthetic(
             seed=derive_seed(seed, i, 2),
         )  # fmt: skip
         accuracies.append(evaluate(net, test_x, test_y, eval_batch))
+        if on_step is not None:
+            on_step(i + 1, num_models)
     return {
         "mean": statistics.fmean(accuracies),
         "std": statistics.pstdev(accuracies),

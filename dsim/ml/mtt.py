@@ -41,6 +41,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dsim.errors import DsimError
+from dsim.ml import StepFn
 from dsim.ml.device import DeviceLike, to_device
 from dsim.ml.dm import init_from_real
 from dsim.ml.dsa import augment, derive_seed
@@ -360,6 +361,7 @@ def distill_mtt(
     eval_epochs: int = 50,
     eval_models: int = 1,
     progress: DistillProgressFn | None = None,
+    on_step: StepFn | None = None,
 ) -> MTTResult:
     """Distill (real_x, real_y) into `ipc` images per class by trajectory matching.
 
@@ -370,7 +372,8 @@ def distill_mtt(
     (`eval_models` fresh models, `eval_epochs` epochs, the learned lr, momentum 0.9, wd 5e-4, DSA)
     and the best one is returned; bit-identical for the same inputs, seed and device. Runs on
     real_x's device (val_x may stay on the CPU); the loss and lr of each iteration are read back
-    in batches, per iteration only when `progress` is given.
+    in batches, per iteration only when `progress` is given; on_step (iterations done, iterations)
+    reads nothing back.
     """
     channels, size = _check_images(real_x, real_y, num_classes, "real images")
     if iterations < 0 or syn_steps < 1 or expert_epochs < 1 or max_start_epoch < 1:
@@ -411,6 +414,8 @@ def distill_mtt(
     if eval_every:
         best.best_accuracy = best.initial_accuracy = score()
     pending: list[tuple[dict, torch.Tensor, torch.Tensor]] = []  # history entries still on device
+    if on_step is not None:
+        on_step(0, iterations)
 
     def settle() -> None:
         """Fill the pending entries' loss and lr: one read-back for many iterations."""
@@ -451,6 +456,8 @@ def distill_mtt(
         best.history.append(entry)
         if progress is not None:
             progress(dict(entry))
+        if on_step is not None:
+            on_step(it, iterations)
 
     settle()
     if not eval_every:
