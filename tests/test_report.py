@@ -222,3 +222,18 @@ def test_failed_run_shows_who_failed_and_why(tmp_path):
     assert "<h3>Failures</h3>" in overview and "<h3>Node errors</h3>" in overview
     assert "node 1 gives up on purpose" in overview
     assert "bandwidth" in images_in(page)  # what the run counted before it failed is still shown
+
+
+def test_sweep_in_grid_order_with_mean_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_dsim("launch", "--algorithm", "gossip", "--nodes", "4", "--topology", "ring", "--sweep",
+                    "rounds=10,2", "--sweep", "seed=0,1", "--out", str(sweep), "--quiet", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    rc, _, err = report(str(sweep))
+    assert rc == 0, err
+    page = (sweep / "report.html").read_text()
+    names = re.findall(r'<a href="#run-[^"]+">([^<]+)</a>', page.split('id="compare"')[1].split("</table>")[0])
+    assert names == [row["name"] for row in read_csv(sweep / "sweep.csv")]  # rounds=10 first, as swept
+    over_seeds = page.split("<h3>Over seeds</h3>")[1].split("</table>")[0]
+    assert "<th>rounds</th><th>runs</th>" in over_seeds and "mean_error (mean ± std)" in over_seeds
+    assert over_seeds.count("<tr>") == 3  # the header and one row per rounds value

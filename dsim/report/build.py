@@ -272,6 +272,9 @@ def comparison_section(runs: list[RunData], figures: Figures) -> str:
     for row in rows:
         row[status_col] = status_html(str(row[status_col]))
     content = table(header, rows)
+    grouped = compare.seed_groups(runs)
+    if grouped is not None:
+        content += "<h3>Over seeds</h3>" + table(*grouped)
     content += figures.embed(compare.overlay_chart(runs), "compare-metrics",
                              "Mean over nodes at each round or step.") or note("no metric is shared by two runs")
     content += figures.embed(compare.bytes_chart(runs), "compare-bytes")

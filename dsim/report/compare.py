@@ -49,6 +49,37 @@ def comparison_rows(runs: list[RunData]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def seed_groups(runs: list[RunData]) -> tuple[list[str], list[list[Any]]] | None:
+    """When the runs differ in `seed` and something else, one row per setting of the other keys with
+    each headline result as mean ± std over its seeds (None when there is nothing to group)."""
+    keys = differing_keys(runs)
+    if "seed" not in keys:
+        return None
+    others = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[RunData]] = {}
+    for run in runs:
+        flat = flat_config(run.config)
+        groups.setdefault(tuple(repr(flat.get(k)) for k in others), []).append(run)
+    if all(len(g) == 1 for g in groups.values()):
+        return None
+    result_keys: list[str] = []
+    for run in runs:
+        result_keys += [k for k in headline(run.summary.get("results") or {}) if k not in result_keys]
+    header = [*others, "runs", "ok", *(f"{k} (mean ± std)" for k in result_keys), "bytes sent / node (mean)"]
+    rows = []
+    for members in groups.values():
+        flat = flat_config(members[0].config)
+        row: list[Any] = [flat.get(k, "") for k in others]
+        row += [len(members), sum(r.status == "ok" for r in members)]
+        for key in result_keys:
+            values = [headline(r.summary.get("results") or {}).get(key) for r in members]
+            values = [v for v in values if v is not None]
+            row.append(f"{np.mean(values):.4g} ± {np.std(values):.2g}" if values else "")
+        row.append(("bytes", float(np.mean([traffic_totals(r)["bytes_per_node"] for r in members]))))
+        rows.append(row)
+    return header, rows
+
+
 def overlay_chart(runs: list[RunData]) -> Figure | None:
     """Each quantity logged by two or more runs: one panel against round/step, one against time,
     one line per run."""

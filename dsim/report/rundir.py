@@ -78,7 +78,8 @@ def is_run_dir(path: Path) -> bool:
 
 def expand(paths: list[Path]) -> list[Path]:
     """Run directories named by the user; a folder without summary.json whose subfolders have one (a
-    sweep, or any parent of runs) stands for those runs, in name order. Anything else is refused."""
+    sweep, or any parent of runs) stands for those runs, in a sweep's grid order or else by name.
+    Anything else is refused."""
     runs: list[Path] = []
     for path in paths:
         if not path.is_dir():
@@ -86,13 +87,22 @@ def expand(paths: list[Path]) -> list[Path]:
         if is_run_dir(path):
             runs.append(path)
             continue
-        children = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)), key=lambda p: p.name)
+        children = sorted((p for p in path.iterdir() if p.is_dir() and is_run_dir(p)), key=_grid_order(path))
         if not children:
             raise DsimError(f"{path} is not a run directory (no summary.json in it or in its subfolders)")
         runs.extend(children)
     if len(set(p.resolve() for p in runs)) != len(runs):
         raise DsimError("the same run directory is named twice")
     return runs
+
+
+def _grid_order(parent: Path):
+    """Sort key of a folder's runs: a sweep's grid order (its sweep.csv `name` column), then by name."""
+    order: dict[str, int] = {}
+    table = parent / "sweep.csv"
+    if table.is_file():
+        order = {row.get("name", ""): i for i, row in enumerate(_read_csv(table))}
+    return lambda p: (order.get(p.name, len(order)), p.name)
 
 
 def load_run(path: Path, name: str | None = None) -> RunData:
