@@ -71,6 +71,9 @@ def test_one_run_page_and_pngs(runs):
         'id="labels"')[1])
     assert row is not None and int(row.group(1)) == share["train"]
     assert "distill loss" in page and "server_refine loss" in page
+    settings = page.split("<h3>Settings away from the defaults</h3>")[1].split("</table>")[0]
+    assert "<td>dm.iterations</td><td class=\"num\" data-v=\"100\">100</td><td class=\"num\" data-v=\"200\">" \
+        in settings and "<td>out</td>" not in settings
     # The message log: one arrow per message, and every message of bandwidth.csv is in it.
     assert "timeline" in charts and "matrix" in charts
     sent = sum(int(r["msgs_sent"]) for r in read_csv(run / "bandwidth.csv"))

@@ -26,7 +26,7 @@ from dsim.report.page import (
     status_html,
     table,
 )
-from dsim.report.rundir import RunData, expand, load_run
+from dsim.report.rundir import RunData, expand, flat_config, load_run
 
 SYNTHETIC_ALGORITHMS = {"base", "localdm", "collabdm", "mtt"}
 SECTIONS = [("overview", "Overview"), ("bandwidth", "Bandwidth"), ("kinds", "By kind"), ("messages", "Messages"),
@@ -117,7 +117,7 @@ def overview(run: RunData) -> str:
         ("devices", ", ".join(devices) or "not recorded"),
         ("run id / config fingerprint", f"{s.get('run_id', '')} / {s.get('config_fingerprint', '')}"),
     ]
-    out = facts(pairs)
+    out = facts(pairs) + "<h3>Settings away from the defaults</h3>" + settings(run)
     failures = s.get("failures") or []
     if failures:
         out += "<h3>Failures</h3>" + table(["rank", "reason"], [[f.get("rank", ""), f.get("reason", f)]
@@ -260,6 +260,30 @@ def config(run: RunData) -> str:
     if not path.is_file():
         return note("no config.toml in this run")
     return f"<details><summary>config.toml</summary><pre>{esc(path.read_text())}</pre></details>"
+
+
+def settings(run: RunData) -> str:
+    """The keys that make this run what it is: those set away from the defaults."""
+    changed = non_defaults(run) if run.config else []
+    if changed is None:
+        return note("defaults unknown here (the program does not load in this environment)")
+    if not run.config:
+        return note("no config.toml in this run")
+    return table(["key", "value", "default"], changed, sortable=False) if changed else note("every key at its default")
+
+
+def non_defaults(run: RunData) -> list[list[Any]] | None:
+    """(key, value, default) of every key the run set away from its program's defaults (`out` aside);
+    None when the program cannot be loaded here to know its defaults."""
+    from dsim.config import resolve
+    from dsim.options import to_dict
+
+    try:
+        defaults = flat_config(to_dict(resolve(flags={"algorithm": run.algorithm})))
+    except Exception:  # a user's program module that is not importable here: no defaults to compare with
+        return None
+    return [[key, value, defaults.get(key, "")] for key, value in flat_config(run.config).items()
+            if key != "out" and (key not in defaults or defaults[key] != value)]
 
 
 # ------------------------------------------------------------------ several runs

@@ -57,6 +57,7 @@ def bandwidth_chart(run: RunData) -> Figure | None:
     else:
         for c, label, colour in cols:
             ax.plot(ranks, values[c], label=label, color=colour, lw=0.8)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("node rank")
     ax.yaxis.set_major_formatter(BYTES)
     ax.set_ylabel("bytes")
