@@ -15,6 +15,7 @@ COMMANDS = {
     "topology": "dsim.commands.topology:topology",
     "partition": "dsim.commands.partition:partition",
     "keygen": "dsim.commands.keygen:keygen",
+    "report": "dsim.commands.report:report",
 }
 
 

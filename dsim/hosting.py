@@ -96,6 +96,18 @@ def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:
               neighbours=list(endpoint.neighbours), device=device)
 
 
+def log_share(log: NodeLog, data: Any) -> None:
+    """The `share` event: the node's sample counts and per-class train labels, so a report can show
+    every node's label distribution without re-partitioning the dataset. One bincount: cheap.
+
+    (The `start` event is written before the share is loaded, hence an event of its own.)"""
+    import torch
+
+    counts = torch.bincount(data.train_y.long().cpu(), minlength=data.dataset.num_classes).tolist()
+    log.write("share", train=len(data.train_y), val=len(data.val_y),
+              labels={str(c): n for c, n in enumerate(counts) if n})
+
+
 def load_share(cfg: Config, program: Program, graph: nx.Graph, rank: int,
                device: str) -> tuple[Any, dict[str, str]]:
     """The node's data share on its device, and the fingerprints machines compare before a run."""
@@ -113,6 +125,8 @@ def build_node(program: Program, cfg: Config, graph: nx.Graph, rank: int, endpoi
 
     Built at the run's start: its churn schedule (if any) counts from now. Constructors do no work:
     the node starts when `run_node` runs it."""
+    if data is not None:
+        log_share(log, data)
     slowdown = 1.0
     if conditions is not None:
         endpoint.follow_schedule(conditions.schedule(rank))
