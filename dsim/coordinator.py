@@ -29,6 +29,10 @@ from dsim.wire import WireError
 
 __all__ = ["Abort", "Coordinator", "Outcome"]
 
+# Ctrl-C, and the SIGTERM that Slurm, `timeout` and `kill` send: either stops the run as interrupted,
+# with its summary written, instead of killing the launcher and losing what the nodes reported.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Coordinator:
     """The socket loop around a `CoordinatorState`: receive, decode, hand over, send its answers, tick."""
@@ -78,7 +82,8 @@ class Coordinator:
             self.sock.bind(bind)
         loop = asyncio.get_running_loop()
         self.watch.start(loop, self._refuse)
-        loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.interrupt)
         if self._pressed:  # pressed before this handler existed: this run is interrupted all the same
             self._pressed.clear()
             self.interrupt()
@@ -89,7 +94,8 @@ class Coordinator:
             while not self.state.finished:
                 await self._turn()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
             for proc in self.local:
                 loop.remove_reader(proc.process.sentinel)
             if self._recv is not None:

@@ -291,10 +291,11 @@ def test_a_frozen_node_is_detected_as_silent(tmp_path) -> None:
     assert all_gone(pids.values())
 
 
-def test_ctrl_c_stops_every_process(tmp_path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_process_and_keeps_the_summary(tmp_path, sig) -> None:
     proc, out, pids = endless_gossip(tmp_path, 3, 0)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
