@@ -65,28 +65,10 @@ def format_table(counts: np.ndarray) -> str:
 
 
 def plot_counts(counts: np.ndarray, path: Path, title: str) -> None:
-    """Stacked bars, one per node, one colour per class (Agg backend, no display needed)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+    """The report's label chart of this partition, written to `path` (no display needed)."""
+    from dsim.report.charts import label_figure
 
     nodes, classes = counts.shape
-    fig = Figure(figsize=(min(max(6.0, 0.3 * nodes + 2.5), 16.0), 4.8), layout="constrained")
-    ax = fig.add_subplot()
-    cmap = colormaps["tab10" if classes <= 10 else "tab20"]
-    x = np.arange(nodes)
-    bottom = np.zeros(nodes)
-    width = 0.85 if nodes <= 60 else 1.0
-    for c in range(classes):
-        ax.bar(x, counts[:, c], width, bottom=bottom, color=cmap(c % cmap.N), label=str(c),
-               linewidth=0)
-        bottom += counts[:, c]
-    ax.set_xlabel("node")
-    ax.set_ylabel("train samples")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(-0.6, nodes - 0.4)
-    if nodes <= 40:
-        ax.set_xticks(x)
-    ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-              title_fontsize=9, ncols=1 if classes <= 20 else 2)
+    fig = label_figure(counts, [str(i) for i in range(nodes)], [str(c) for c in range(classes)], title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -228,12 +228,19 @@ def metrics_chart(run: RunData, series: list[Series]) -> Figure | None:
 
 
 def labels_chart(run: RunData, shares: dict[int, dict[str, int]]) -> Figure | None:
-    """Every node's train labels: stacked bars per node for few nodes, a node x class heatmap for many."""
+    """Every node's train labels (None when no node recorded its share)."""
     nodes = [r for r in sorted(shares) if shares[r]]
     if not nodes:
         return None
     classes = sorted({int(c) for r in nodes for c in shares[r]})
     counts = np.array([[shares[r].get(str(c), 0) for c in classes] for r in nodes], dtype=float)
+    return label_figure(counts, [str(r) for r in nodes], [str(c) for c in classes],
+                        f"{run.name}: label distribution of every node's share")
+
+
+def label_figure(counts: np.ndarray, nodes: list[str], classes: list[str], title: str) -> Figure:
+    """Samples per node (rows of `counts`) and class (columns): stacked bars per node for few nodes, a
+    node x class heatmap for many. What `dsim report` and `dsim partition --plot` both draw."""
     fig = _figure(min(max(6.0, 0.3 * len(nodes) + 3), 14.0), 4.0)
     ax = fig.add_subplot()
     if len(nodes) <= FEW_NODES * 2:
@@ -241,9 +248,9 @@ def labels_chart(run: RunData, shares: dict[int, dict[str, int]]) -> Figure | No
         bottom = np.zeros(len(nodes))
         x = np.arange(len(nodes))
         for j, c in enumerate(classes):
-            ax.bar(x, counts[:, j], 0.85, bottom=bottom, color=cmap(j % cmap.N), label=str(c), linewidth=0)
+            ax.bar(x, counts[:, j], 0.85, bottom=bottom, color=cmap(j % cmap.N), label=c, linewidth=0)
             bottom += counts[:, j]
-        ax.set_xticks(x, [str(r) for r in nodes], fontsize=8 if len(nodes) <= 40 else 5)
+        ax.set_xticks(x, nodes, fontsize=8 if len(nodes) <= 40 else 5)
         ax.set_ylabel("train samples")
         ax.legend(title="class", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
                   ncols=1 if len(classes) <= 20 else 2)
@@ -252,9 +259,9 @@ def labels_chart(run: RunData, shares: dict[int, dict[str, int]]) -> Figure | No
                         extent=(-0.5, len(nodes) - 0.5, len(classes) - 0.5, -0.5))
         fig.colorbar(img, ax=ax, label="train samples")
         ax.set_ylabel("class")
-        ax.set_yticks(range(len(classes)), [str(c) for c in classes], fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("node")
-    ax.set_title(f"{run.name}: label distribution of every node's share")
+    ax.set_title(title, fontsize=10)
     return fig
 
 
