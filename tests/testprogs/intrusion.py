@@ -6,7 +6,6 @@ Proves that an outsider without the run key gets nothing through while the run g
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from msgspec import Meta
@@ -14,6 +13,7 @@ from msgspec import Meta
 from dsim.node import Node
 from dsim.options import Options
 from dsim.program import Program
+from testprogs.drops import until_dropped
 
 
 class IntrusionOptions(Options):
@@ -29,12 +29,7 @@ class Peer(Node):
         endpoint = self._ctx.endpoint
         if self.rank == 0:
             self.log_event("target", run=endpoint.run, address=endpoint.address)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.timeout
-            while endpoint.counters.msgs_dropped < self.options.drops:
-                if loop.time() > deadline:
-                    raise TimeoutError(f"only {endpoint.counters.msgs_dropped} drops")
-                await asyncio.sleep(0.02)  # polling a counter the test drives from outside
+            await until_dropped(self, self.options.drops)
             await self.broadcast("done")
         else:
             await self.recv("done", src=0)

@@ -5,7 +5,6 @@ Proves that garbage on a node's port is dropped and logged while the node keeps 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from msgspec import Meta
@@ -13,6 +12,7 @@ from msgspec import Meta
 from dsim.node import Node
 from dsim.options import Options
 from dsim.program import Program
+from testprogs.drops import until_dropped
 
 
 class ResilientOptions(Options):
@@ -26,13 +26,8 @@ class Peer(Node):
 
     async def run(self) -> dict[str, Any]:
         if self.rank == 0:
-            counters = self._ctx.endpoint.counters
-            deadline = asyncio.get_running_loop().time() + self.timeout
-            while counters.msgs_dropped < self.options.drops:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"only {counters.msgs_dropped} frames dropped")
-                await asyncio.sleep(0.02)  # polling a counter the test drives from outside
-            self.log_event("drops_seen", dropped=counters.msgs_dropped)
+            dropped = await until_dropped(self, self.options.drops)
+            self.log_event("drops_seen", dropped=dropped)
         for rnd in range(3):
             await self.broadcast("ping", {"round": rnd})
             await self.gather("ping")
