@@ -13,7 +13,8 @@ a. 8 nodes on a ring exchange 1 KB and 1 MB messages in lock-step (`--algorithm 
    where that folder is missing): each repeat of the one-process-per-node and 4-per-process layouts is
    followed straight by an anchor run, and the ratio of the two is kept per repeat, because the speed of
    a shared machine drifts by tens of percent between minutes. Beside them, bare pyzmq doing the same
-   pattern in 8 forked processes, with blocking sockets and with zmq.asyncio.
+   pattern in 8 forked processes: with blocking sockets, with zmq.asyncio, and with the loop integration
+   of dsim's hub alone (`pyzmq_reader`: uvloop, a reader draining the ROUTER, compiled calls).
    CPU per message is every process's CPU time (all threads) over the rounds, divided by the messages:
    on a shared machine it is steadier than the wall-clock rates.
    Two more rows switch the emulated links on (`links.bandwidth=10Gbit`, no latency: every message
@@ -197,11 +198,17 @@ def _ring_neighbours(rank: int, n: int) -> list[int]:
     return sorted({(rank - 1) % n, (rank + 1) % n})
 
 
-def _baseline_peer(rank: int, n: int, rounds: int, size: int, use_asyncio: bool, ports: Any, table: Any,
+BASELINES = ("sync", "asyncio", "reader")
+
+
+def _baseline_peer(rank: int, n: int, rounds: int, size: int, mode: str, ports: Any, table: Any,
                    results: Any, barrier: Any) -> None:
     """One process: a bound ROUTER, a DEALER per neighbour, raw bytes frames, lock-step rounds."""
-    if use_asyncio:
+    if mode == "asyncio":
         asyncio.run(_baseline_async(rank, n, rounds, size, ports, table, results, barrier))
+    elif mode == "reader":
+        import uvloop
+        uvloop.run(_baseline_reader(rank, n, rounds, size, ports, table, results, barrier))
     else:
         _baseline_sync(rank, n, rounds, size, ports, table, results, barrier)
 
@@ -296,14 +303,64 @@ async def _baseline_async(rank: int, n: int, rounds: int, size: int, ports: Any,
     ctx.term()
 
 
-def run_baseline(n: int, rounds: int, size: int, use_asyncio: bool) -> dict[str, Any]:
-    """The same lock-step ring exchange in n forked processes speaking bare pyzmq."""
+async def _baseline_reader(rank: int, n: int, rounds: int, size: int, ports: Any, table: Any, results: Any,
+                           barrier: Any) -> None:
+    """The loop integration dsim's hub uses, with nothing else: uvloop, one reader on the ROUTER's FD
+    that drains it (edge-triggered, ZMQ_EVENTS read), pyzmq's compiled send and recv, a future per
+    round. Its CPU per message against pyzmq_sync's shows what the loop integration itself costs."""
+    ctx = zmq.Context()
+    router, dealers = _sockets(ctx, rank, n, ports, table)
+    inbox = _RoundInbox(list(dealers))
+    send, recv, get = zmq.backend.Socket.send, zmq.backend.Socket.recv, zmq.backend.Socket.get
+    events, pollin, noblock = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+    loop = asyncio.get_running_loop()
+    waiting: list[asyncio.Future] = []
+
+    def drain() -> None:
+        while get(router, events) & pollin:
+            frame = recv(router, noblock, False)
+            identity = frame.bytes
+            while frame.more:
+                frame = recv(router, noblock, False)
+            inbox.add(identity)
+        if waiting and all(inbox.pending[r] for r in inbox.neighbours):
+            waiting.pop().set_result(None)
+
+    loop.add_reader(router.getsockopt(zmq.FD), drain)
+
+    async def one_round(frame: bytes) -> None:
+        for sock in dealers.values():
+            send(sock, frame, noblock, size < 65536)
+        if not inbox.take_round():
+            waiting.append(loop.create_future())
+            loop.call_soon(drain)
+            await waiting[-1]
+            assert inbox.take_round()
+
+    start = time.perf_counter()
+    await one_round(b"hello")
+    setup = time.perf_counter() - start
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    payload = bytes(size)
+    for _ in range(rounds):
+        await one_round(payload)
+    results.put((rank, rounds * len(dealers), time.perf_counter() - start, setup, time.process_time() - cpu))
+    barrier.wait()
+    loop.remove_reader(router.getsockopt(zmq.FD))
+    for sock in [router, *dealers.values()]:
+        sock.close()
+    ctx.term()
+
+
+def run_baseline(n: int, rounds: int, size: int, mode: str) -> dict[str, Any]:
+    """The same lock-step ring exchange in n forked processes speaking bare pyzmq (mode: BASELINES)."""
     mp = multiprocessing.get_context("fork")
     ports, results = mp.Queue(), mp.Queue()
     tables = [mp.Queue() for _ in range(n)]
     barrier = mp.Barrier(n)
     start = time.perf_counter()
-    procs = [mp.Process(target=_baseline_peer, args=(r, n, rounds, size, use_asyncio, ports, tables[r],
+    procs = [mp.Process(target=_baseline_peer, args=(r, n, rounds, size, mode, ports, tables[r],
                                                      results, barrier)) for r in range(n)]
     for p in procs:
         p.start()
@@ -400,8 +457,8 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
                  # the same two layouts' extremes with every link emulated at 10 Gbit/s, no latency
                  "dsim_links": best_of(repeats, lambda: dsim_run(links="10Gbit")),
                  "dsim_one_process_links": best_of(repeats, lambda: dsim_run(per_process=8, links="10Gbit")),
-                 "pyzmq_sync": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, False)),
-                 "pyzmq_asyncio": best_of(repeats, lambda s=size, r=rounds: run_baseline(8, r, s, True))}
+                 **{f"pyzmq_{mode}": best_of(repeats, lambda s=size, r=rounds, m=mode: run_baseline(8, r, s, m))
+                    for mode in BASELINES}}
         if anchor:
             entry["decentralizepy"] = best([run for runs in anchor_runs.values() for run in runs])
             entry["vs_decentralizepy"] = {impl: ratios(dsim_runs[impl], anchor_runs[impl]) for impl in PAIRED}
@@ -504,7 +561,7 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 
 
 IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "dsim_links",
-                   "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio", "decentralizepy")
+                   "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio", "pyzmq_reader", "decentralizepy")
 PARTS = ("throughput", "secure", "startup", "largest")
 
 

@@ -1,10 +1,12 @@
 """One worker process's sockets: a ROUTER that all its nodes receive on, a DEALER per peer process.
 
 Sockets belong to processes, not nodes: a message from a node here to a neighbour in another process
-leaves through the one DEALER to that process and arrives on its ROUTER as ``[hop, header, buffers...]``,
-where `hop` (8 bytes: the ranks of this hop's sender and receiver) tells the receiving hub which of its
-nodes it is for. The message's own frames (dsim.wire) travel unchanged, and the hop frame is not
-counted in any node's bytes (it is addressing, like ZeroMQ's identity frame). With a socket, a port and
+leaves through the one DEALER to that process and arrives on its ROUTER as ``[hop + header, buffers...]``:
+`hop` (8 bytes: the ranks of this hop's sender and receiver), which tells the receiving hub which of
+its nodes the message is for, leads the message's first frame. The message's own frames (dsim.wire)
+travel unchanged behind it, and the hop is not counted in any node's bytes (it is addressing, like
+ZeroMQ's identity frame). It rides in the header's frame, not a frame of its own: a frame costs ZeroMQ
+and pyzmq more on both ends than copying the header once, about a tenth of a small message's path. With a socket, a port and
 a connection per node, a process of more than about a thousand nodes ran out of ZeroMQ sockets, file
 descriptors and ports; per process pair, 20,000 nodes in ten processes need ten ports.
 
@@ -36,10 +38,11 @@ if TYPE_CHECKING:
     from dsim.transport import Endpoint
 
 HOP = struct.Struct("<II")  # (hop sender rank, hop receiver rank)
+_unpack_hop = HOP.unpack_from
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
 _DRAIN_BATCH = 256  # messages handled per loop turn before other tasks get a turn
 # The hot path calls pyzmq's compiled socket methods directly. Its Python layer (send_multipart,
 # recv_multipart) costs about 10 us a message in flag enums and checks, and ends every drain with a
@@ -59,6 +62,11 @@ def send_now(sock: zmq.Socket, frames: list, copy: bool = True) -> None:
 
 def hop_frame(src: int, dst: int) -> bytes:
     return HOP.pack(src, dst)
+
+
+def addressed(hop: bytes, frames: list) -> list:
+    """A message's frames as a hub sends them: the hop in front of its header."""
+    return [hop + frames[0], *frames[1:]]
 
 
 class Hub:
@@ -147,22 +155,24 @@ class Hub:
         for _ in range(_DRAIN_BATCH):
             if not _get(sock, _EVENTS) & _POLLIN:
                 return
-            frame = _recv(sock, _NOBLOCK, False)
-            frames = [frame]
-            while frame.more:
-                frame = _recv(sock, _NOBLOCK, False)
-                frames.append(frame)
-            self._dispatch(frames)
+            # The identity and the hop-and-header frame are small: bytes are cheaper than zmq.Frames.
+            # Array frames behind them stay zero-copy.
+            identity = _recv(sock, _NOBLOCK, True)
+            if not _get(sock, _RCVMORE):
+                self._first_node()._drop("no hop", 0, _name(identity))
+                continue
+            head = _recv(sock, _NOBLOCK, True)
+            body = [memoryview(head)[HOP.size:]]
+            while _get(sock, _RCVMORE):
+                body.append(_recv(sock, _NOBLOCK, False).buffer)
+            self._dispatch(identity, head, body)
         self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
 
-    def _dispatch(self, frames: list[zmq.Frame]) -> None:
-        """Hand one received message to the node its hop frame names, or drop it."""
-        identity = frames[0].bytes
-        hop = frames[1].bytes if len(frames) > 1 else b""
-        body = [f.buffer for f in frames[2:]]
-        if len(hop) != HOP.size:
-            return self._first_node()._drop("no hop frame", _size(frames[1:]), _name(identity))
-        src, dst = HOP.unpack(hop)
+    def _dispatch(self, identity: bytes, head: bytes, body: list) -> None:
+        """Hand one received message to the node its hop names, or drop it."""
+        if len(head) < HOP.size:
+            return self._first_node()._drop("no hop", len(head) + _size(body[1:]), _name(identity))
+        src, dst = _unpack_hop(head)
         node = self.nodes.get(dst)
         if node is None:
             return self._first_node()._drop(f"for node {dst}, not hosted here", _size(body), _name(identity))

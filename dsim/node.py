@@ -14,7 +14,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -117,13 +117,17 @@ class Node:
         return self._ctx.config.timeout
 
     # --- messaging -----------------------------------------------------------------------------
-    async def send(self, dst: int, kind: str, payload: Any = None) -> int:
+    # send and recv hand back the endpoint's coroutine itself (await them as usual): a wrapping
+    # coroutine of their own would cost every message another frame.
+    def send(self, dst: int, kind: str, payload: Any = None) -> Coroutine[Any, Any, int]:
         """Send to any node; non-neighbours are reached hop by hop. Returns the bytes sent."""
-        return await self._ctx.endpoint.send(dst, kind, payload, timeout=self.timeout)
+        ctx = self._ctx
+        return ctx.endpoint.send(dst, kind, payload, ctx.config.timeout)
 
-    async def recv(self, kind: str, src: int | None = None, timeout: float | None = None) -> Message:
+    def recv(self, kind: str, src: int | None = None, timeout: float | None = None) -> Coroutine[Any, Any, Message]:
         """Wait for the next `kind` message (from `src` if given); raises NodeTimeout after `timeout` s."""
-        return await self._ctx.endpoint.mailbox.get(kind, src, timeout or self.timeout, self._who)
+        ctx = self._ctx
+        return ctx.endpoint.mailbox.get(kind, src, timeout or ctx.config.timeout, self._who)
 
     def _who(self) -> str:
         return f"node {self.rank} ({self._ctx.role})"

@@ -288,13 +288,36 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker if its launcher dies, so no process is ever left behind."""
+def _libc() -> ctypes.CDLL | None:
+    """The C library, for the Linux and glibc calls below (None elsewhere: they are then skipped)."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        pass
+        return None
+
+
+def _die_with_parent(libc: ctypes.CDLL | None) -> None:
+    """Ask Linux to kill this worker if its launcher dies, so no process is ever left behind."""
+    if libc is not None:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_HEAP_UP_TO = 32 << 20  # glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64 bits)
+_TRIM_ABOVE = 64 << 20
+
+
+def _reuse_freed_memory(libc: ctypes.CDLL | None) -> None:
+    """Let glibc's malloc reuse the memory of freed messages instead of mapping fresh pages each time.
+
+    By default a block of 128 KB or more is its own mmap, and freeing it unmaps it: every large message
+    ZeroMQ copies or receives then faults in a fresh page per 4 KB (about 240 faults per 1 MB message,
+    half the CPU of a 1 MB exchange). Blocks up to 32 MB come from the heap instead, and up to 64 MB
+    of freed memory stays there for the next message. Without glibc's mallopt this is a no-op."""
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, _HEAP_UP_TO)
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE)
 
 
 def run_event_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
@@ -319,7 +342,9 @@ def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C and stops us cleanly
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
+    libc = _libc()
+    _die_with_parent(libc)
+    _reuse_freed_memory(libc)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if "torch" in sys.modules:

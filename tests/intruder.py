@@ -13,14 +13,14 @@ import sys
 import numpy as np
 import zmq
 
-from dsim import control, wire
+from dsim import control, hub, wire
 
 
 def main() -> None:
     run, node, peer, coordinator = sys.argv[1:5]
     ctx = zmq.Context()
-    # well-formed: the hop frame and header node 1 would send to node 0, from node 1's process identity
-    message = [struct.pack("<II", 1, 0), *wire.encode(run, 1, 0, "injected", np.arange(1000.0))]
+    # well-formed: the hop and frames node 1 would send to node 0, from node 1's process identity
+    message = hub.addressed(struct.pack("<II", 1, 0), wire.encode(run, 1, 0, "injected", np.arange(1000.0)))
     lost = control.encode(control.Lost(machine=0, reason="an outsider stopped the run"))
     socks = []
     for curve in (False, True):

@@ -1,5 +1,5 @@
 """The process hub over real ZeroMQ sockets in one process: two hubs, each hosting nodes of a small graph,
-deliver by hop frame, relay across processes, and drop (logging and counting) what does not belong."""
+deliver by hop, relay across processes, and drop (logging and counting) what does not belong."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_messages_cross_processes_by_hop_and_relay_through_both() -> None:
     # one DEALER per peer process, whatever the number of nodes
     assert [len(h._dealers) for h in hubs] == [1, 1]
     assert eps[1].counters.msgs_relayed == 1 and eps[2].counters.msgs_relayed == 1
-    # the hop frame is addressing: counted bytes are the message's frames alone, equal at both ends
+    # the hop is addressing: counted bytes are the message's frames alone, equal at both ends
     size = far.nbytes
     assert eps[0].counters.by_kind["far"].bytes_sent == size == eps[3].counters.by_kind["far"].bytes_recv
 
@@ -117,15 +117,15 @@ def test_frames_that_do_not_belong_are_dropped_logged_and_counted() -> None:
             hop = struct.pack("<II", 2, 1)  # node 2 -> node 1: a real edge across the processes
             header = wire.encode(RUN, 2, 1, "ping", None)[0]
             other_run = msgpack.packb({"v": 1, "r": "another", "s": 2, "d": 1, "k": "ping", "p": None})
-            await impostor.send_multipart([b"short"])  # no hop frame
-            await impostor.send_multipart([hop, b"\xc1garbage"])  # undecodable header
-            await impostor.send_multipart([hop, other_run])  # a header of another run
-            await impostor.send_multipart([hop, header, b"x" * MAX_BYTES])  # over max_bytes
-            await impostor.send_multipart([struct.pack("<II", 0, 1), header])  # node 0 is not hub 1's
-            await impostor.send_multipart([struct.pack("<II", 2, 9), header])  # no node 9 here
-            await impostor.send_multipart([struct.pack("<II", 2, 0), header])  # 2 is no neighbour of 0
-            await stranger.send_multipart([hop, header])  # not a process of this run
-            await impostor.send_multipart([hop, wire.encode(RUN, 2, 1, "ping", 1)[0]])  # and a good one
+            await impostor.send_multipart([b"short"])  # too short to hold a hop
+            await impostor.send_multipart([hop + b"\xc1garbage"])  # undecodable header
+            await impostor.send_multipart([hop + other_run])  # a header of another run
+            await impostor.send_multipart([hop + header, b"x" * MAX_BYTES])  # over max_bytes
+            await impostor.send_multipart([struct.pack("<II", 0, 1) + header])  # node 0 is not hub 1's
+            await impostor.send_multipart([struct.pack("<II", 2, 9) + header])  # no node 9 here
+            await impostor.send_multipart([struct.pack("<II", 2, 0) + header])  # 2 is no neighbour of 0
+            await stranger.send_multipart([hop + header])  # not a process of this run
+            await impostor.send_multipart([hop + wire.encode(RUN, 2, 1, "ping", 1)[0]])  # and a good one
             msg = await eps[1].mailbox.get("ping", 2, 10.0, lambda: "node 1")
             try:  # the stranger's frame comes on its own connection, in no order with the impostor's
                 await asyncio.wait_for(drops.reached.wait(), 10)
@@ -142,7 +142,7 @@ def test_frames_that_do_not_belong_are_dropped_logged_and_counted() -> None:
                      "not from a process of this run"):
         assert any(expected in r for r in node1), (expected, node1)
     # frames that name no node of this process are the first hosted node's to log
-    assert any("no hop frame" in r for r in node0) and any("node 9, not hosted here" in r for r in node0)
+    assert any("no hop" in r for r in node0) and any("node 9, not hosted here" in r for r in node0)
     assert any("not a neighbour" in r for r in node0), node0
     assert eps[1].counters.msgs_dropped == 5 and eps[0].counters.msgs_dropped == 3
     assert eps[1].counters.total.msgs_recv == 3  # two hellos and the good ping: nothing dropped counts as received

@@ -140,9 +140,9 @@ def test_garbage_on_a_node_port_is_dropped_and_logged(tmp_path) -> None:
         intruder = ctx.socket(zmq.DEALER)
         intruder.setsockopt(zmq.LINGER, 1000)
         intruder.connect(address)
-        intruder.send_multipart([os.urandom(64)])  # no hop frame
+        intruder.send_multipart([os.urandom(6)])  # too short to hold a hop
         other_run = msgpack.packb({"v": 1, "r": "another", "s": 1, "d": 0, "k": "ping", "p": None})
-        intruder.send_multipart([struct.pack("<II", 1, 0), other_run])  # a well-formed frame, not from this run
+        intruder.send_multipart([struct.pack("<II", 1, 0) + other_run])  # a well-formed frame, not from this run
         intruder.close()
         ctx.term()
         stdout, stderr = proc.communicate(timeout=120)
@@ -150,7 +150,7 @@ def test_garbage_on_a_node_port_is_dropped_and_logged(tmp_path) -> None:
         proc.kill()
     assert proc.returncode == 0, stderr
     reasons = [e["reason"] for e in node_events(out, 0) if e["event"] == "dropped"]
-    assert any("no hop frame" in r for r in reasons), reasons
+    assert any("no hop" in r for r in reasons), reasons
     assert any("not from a process of this run" in r for r in reasons), reasons
     assert summary(out)["status"] == "ok"
 
