@@ -1,0 +1,68 @@
+"""A mailbox's waits, with one timer per mailbox: each wait still ends at its own deadline, served or not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dsim.transport import Mailbox, Message, NodeTimeout
+
+
+def _who() -> str:
+    return "node 0 (peer)"
+
+
+def test_a_short_wait_behind_a_long_one_times_out_at_its_own_deadline() -> None:
+    async def main() -> tuple[float, Message]:
+        box, loop = Mailbox(), asyncio.get_running_loop()
+        long_wait = asyncio.ensure_future(box.get("late", None, 30.0, _who))
+        await asyncio.sleep(0)  # the long wait arms the timer first
+        start = loop.time()
+        with pytest.raises(NodeTimeout, match=r"waited 0.2 s for 'never' from node 3"):
+            await box.get("never", 3, 0.2, _who)
+        waited = loop.time() - start
+        box.put(Message(1, "late", "payload", 7))  # the long wait is still there, and is served
+        return waited, await asyncio.wait_for(long_wait, 5)
+
+    waited, msg = asyncio.run(main())
+    assert 0.19 <= waited < 5  # not the long wait's 30 s
+    assert msg == Message(1, "late", "payload", 7)
+
+
+def test_served_waits_arm_one_timer_and_an_earlier_deadline_still_fires() -> None:
+    async def main() -> tuple[int, list[tuple[str, int | None]]]:
+        box = Mailbox()
+        served = 0
+        for i in range(200):  # lock-step: every wait is served
+            wait = asyncio.ensure_future(box.get("x", 1, 60.0, _who))
+            await asyncio.sleep(0)
+            box.put(Message(1, "x", i, 4))
+            served += (await wait).payload == i
+        assert box._timer is not None  # armed once, by the first wait, for its 60 s deadline
+        with pytest.raises(NodeTimeout):
+            await box.get("x", 2, 0.05, _who)  # an earlier deadline replaces the 60 s timer, and fires
+        assert box._timer is None  # nothing waits any more: no timer either
+        return served, box.waiting()
+
+    served, waiting = asyncio.run(main())
+    assert served == 200 and waiting == []
+
+
+def test_a_cancelled_wait_leaves_nothing_behind_and_close_stops_the_timer() -> None:
+    async def main() -> list[tuple[str, int | None]]:
+        box = Mailbox()
+        wait = asyncio.ensure_future(box.get("x", None, 60.0, _who))
+        await asyncio.sleep(0)
+        assert box.waiting() == [("x", None)]
+        wait.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await wait
+        box.put(Message(1, "x", 1, 4))  # nobody waits: it is queued for the next get
+        got = await box.get("x", None, 1.0, _who)
+        assert got.payload == 1
+        box.close()
+        assert box._timer is None
+        return box.waiting()
+
+    assert asyncio.run(main()) == []
