@@ -71,6 +71,7 @@ class CoordinatorState:
         """`config` is this machine's fingerprint view; `local` maps this machine's workers to their pids."""
         self.plans = {p.name: p for p in plans}
         self.world = sorted(r for p in plans for r in p.ranks)
+        self._hosts = {r: p.name for p in plans for r in p.ranks}  # which worker hosts each rank
         self.remote_machines = set(range(1, machines))
         self.run_id, self.config, self.graph_hash = run_id, config, graph_hash
         self.local = dict(local)
@@ -126,7 +127,7 @@ class CoordinatorState:
             case control.Heartbeat() if known:
                 self.beats[name] = msg
                 self.tracker.update(msg.progress, now)
-            case control.Done() if known and msg.rank in self.plans[name].ranks:
+            case control.Done() if known and self._hosts.get(msg.rank) == name:  # (ranks: a list per worker)
                 self.done.add(msg.rank)
                 self.outcome.results[msg.rank] = msg.result
                 self.outcome.devices[msg.rank] = {"device": msg.device, "peak_memory_mb": msg.peak_memory_mb}

@@ -193,6 +193,13 @@ def all_done(state: CoordinatorState, now: float = 5.0) -> list[Send]:
     return sends
 
 
+def test_a_result_counts_only_from_the_worker_that_hosts_its_node() -> None:
+    state = started()
+    state.on_message(ident("w0.1"), control.Done(name="w0.1", rank=0, result={"r": "forged"}), 3.0)  # not its node
+    state.on_message(ident("w0.0"), control.Done(name="w0.0", rank=0, result={"r": 0}), 3.0)
+    assert state.outcome.results == {0: {"r": 0}} and state.done == {0}
+
+
 def answer(state: CoordinatorState, wave: int, traffic: dict[str, tuple[int, int]], now: float) -> list[Send]:
     sends = []
     for name, (out, into) in traffic.items():
