@@ -167,29 +167,22 @@ class Node:
     ) -> dict[int, Message]:
         """Like `gather`, keeping each whole Message (source, size in bytes, payload)."""
         sources = list(self.neighbours if srcs is None else srcs)
-        waits = [asyncio.ensure_future(self.recv(kind, s, timeout)) for s in sources]
+        wait = timeout or self.timeout
+        deadline = asyncio.get_running_loop().time() + wait
+        pending, out = set(sources), {}
         if progress is not None:
-            heard = 0
             self.progress(progress, 0, len(sources))
-
-            def arrived(wait: asyncio.Future) -> None:
-                nonlocal heard
-                if not wait.cancelled() and wait.exception() is None:
-                    heard += 1
-                    self.progress(progress, heard, len(sources))
-
-            for wait in waits:
-                wait.add_done_callback(arrived)
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        out: dict[int, Message] = {}
-        for src, res in zip(sources, results, strict=True):
-            if isinstance(res, NodeTimeout) and allow_missing:
-                self.log_event("missing", kind=kind, src=src)
-            elif isinstance(res, BaseException):
-                raise res
-            else:
-                out[src] = res
-        return out
+        while pending and (msg := await self._next_from(kind, pending, deadline)) is not None:
+            pending.discard(msg.src)
+            out[msg.src] = msg
+            if progress is not None:
+                self.progress(progress, len(out), len(sources))
+        missing = [src for src in sources if src in pending]
+        if missing and not allow_missing:
+            raise NodeTimeout(f"{self._who()} waited {wait:g} s for '{kind}' from node {missing[0]}")
+        for src in missing:
+            self.log_event("missing", kind=kind, src=src)
+        return {src: out[src] for src in sources if src in out}
 
     async def gather_round(
         self,
@@ -205,37 +198,48 @@ class Node:
         an earlier round (late) is dropped and logged `stale`; one of a later round means, links being
         FIFO, that this round's will not come, so it is kept for that round and the source counts as
         missing now. The whole gather shares one deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
+        deadline = asyncio.get_running_loop().time() + (timeout or self.timeout)
         early = self.__dict__.setdefault("_early", {})
-
-        async def one(src: int) -> Any:
+        sources = list(self.neighbours if srcs is None else srcs)
+        got, pending = {}, set()
+        for src in sources:
             held = early.get((kind, src), [])
             while held and held[0]["round"] < rnd:
                 held.pop(0)  # kept for a round this node has since given up on
-            if held:
-                return held.pop(0) if held[0]["round"] == rnd else None
-            while (left := deadline - loop.time()) > 0:
-                payload = (await self.recv(kind, src=src, timeout=left)).payload
-                if payload["round"] == rnd:
-                    return payload
-                if payload["round"] > rnd:
-                    early.setdefault((kind, src), []).append(payload)
-                    return None
-                self.log_event("stale", kind=kind, src=src, round=payload["round"], expected=rnd)
-            return None
-
-        sources = list(self.neighbours if srcs is None else srcs)
-        got = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
-        out = {}
-        for src, res in zip(sources, got, strict=True):
-            if isinstance(res, NodeTimeout) or res is None:
-                self.log_event("missing", kind=kind, src=src, round=rnd)
-            elif isinstance(res, BaseException):
-                raise res
+            if not held:
+                pending.add(src)
+            elif held[0]["round"] == rnd:
+                got[src] = held.pop(0)
+        while pending and (msg := await self._next_from(kind, pending, deadline)) is not None:
+            payload = msg.payload
+            if payload["round"] < rnd:
+                self.log_event("stale", kind=kind, src=msg.src, round=payload["round"], expected=rnd)
+                continue
+            pending.discard(msg.src)
+            if payload["round"] == rnd:
+                got[msg.src] = payload
             else:
-                out[src] = res
-        return out
+                early.setdefault((kind, msg.src), []).append(payload)
+        for src in sources:
+            if src not in got:
+                self.log_event("missing", kind=kind, src=src, round=rnd)
+        return {src: got[src] for src in sources if src in got}
+
+    async def _next_from(self, kind: str, pending: set[int], deadline: float) -> Message | None:
+        """The next `kind` message from any of `pending`, or None once the deadline has passed: the
+        gathers wait on one mailbox entry, not a task per source (thousands of nodes gather at once)."""
+        mailbox = self._ctx.endpoint.mailbox
+        want = next(iter(pending)) if len(pending) == 1 else frozenset(pending)
+        msg = mailbox.take(kind, want)
+        if msg is not None:
+            return msg
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        try:
+            return await mailbox.get(kind, want, left, self._who)
+        except NodeTimeout:
+            return None
 
     # --- computation and logging ---------------------------------------------------------------
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -62,7 +62,7 @@ from dsim.nodelog import MessageLog, NodeLog
 from dsim.program import Program
 from dsim.programs import load_program
 from dsim.results import bandwidth_rows, write_bandwidth, write_config
-from dsim.transport import Endpoint, links_settled
+from dsim.transport import Endpoint, describe_source, links_settled
 
 __all__ = ["HarnessResult", "ProgramFailed", "run_program", "run_program_async"]
 
@@ -250,8 +250,7 @@ class _Setup:
         return results
 
     def _doing(self, rank: int, endpoint: Endpoint) -> str:
-        waits = [f"'{kind}' from {'any node' if src is None else f'node {src}'}"
-                 for kind, src in endpoint.mailbox.waiting()]
+        waits = [f"'{kind}' from {describe_source(src)}" for kind, src in endpoint.mailbox.waiting()]
         what = f"waits for {', '.join(waits)}" if waits else "is still running (not waiting for a message)"
         return f"node {rank} ({self.role(rank)}) {what}"
 

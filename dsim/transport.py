@@ -140,8 +140,25 @@ class Counters:
         }
 
 
+Source = int | frozenset[int] | None
+"""Whom a wait is for: one node, any of a set of nodes (a gather's), or any node (None)."""
+
+
+def _from(want: Source, src: int) -> bool:
+    return want is None or want == src or (type(want) is frozenset and src in want)
+
+
+def describe_source(want: Source) -> str:
+    if want is None:
+        return "any node"
+    if type(want) is frozenset:
+        return f"node {min(want)}" if len(want) == 1 else "nodes " + ", ".join(map(str, sorted(want)))
+    return f"node {want}"
+
+
 class Mailbox:
-    """Received messages by kind, and the waiters for them, matched by kind and optional source.
+    """Received messages by kind, and the waiters for them, matched by kind and source (one node, any
+    of a set, or any node).
 
     Waits time out through one loop timer per mailbox, armed for the earliest deadline and re-armed
     when it fires, not a timer per wait: a wait that is served (every message of a lock-step program)
@@ -149,34 +166,35 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._queues: dict[str, deque[Message]] = defaultdict(deque)
-        self._waiters: list[tuple[str, int | None, asyncio.Future, float]] = []  # (kind, src, future, deadline)
+        self._waiters: list[tuple[str, Source, asyncio.Future, float]] = []  # (kind, src, future, deadline)
         self._timer: asyncio.TimerHandle | None = None
 
     def put(self, msg: Message) -> None:
         for i, (kind, src, fut, _) in enumerate(self._waiters):
-            if kind == msg.kind and (src is None or src == msg.src) and not fut.done():
+            if kind == msg.kind and _from(src, msg.src) and not fut.done():
                 del self._waiters[i]
                 fut.set_result(msg)
                 return
         self._queues[msg.kind].append(msg)
 
-    def waiting(self) -> list[tuple[str, int | None]]:
-        """What the node's pending `recv`s wait for: (kind, source or None for any)."""
+    def waiting(self) -> list[tuple[str, Source]]:
+        """What the node's pending waits are for: (kind, source)."""
         return [(kind, src) for kind, src, _, _ in self._waiters]
 
-    def take(self, kind: str, src: int | None) -> Message | None:
+    def take(self, kind: str, src: Source) -> Message | None:
+        """The first queued `kind` message from `src`, if any (per source, messages come in send order)."""
         queue = self._queues.get(kind)
         if not queue:
             return None
         if src is None:
             return queue.popleft()
         for i, msg in enumerate(queue):
-            if msg.src == src:
+            if _from(src, msg.src):
                 del queue[i]
                 return msg
         return None
 
-    async def get(self, kind: str, src: int | None, timeout: float, who: Callable[[], str]) -> Message:
+    async def get(self, kind: str, src: Source, timeout: float, who: Callable[[], str]) -> Message:
         msg = self.take(kind, src)
         if msg is not None:
             return msg
@@ -196,8 +214,7 @@ class Mailbox:
             if entry in self._waiters:
                 self._waiters.remove(entry)
             if isinstance(exc, _Expired):
-                origin = "any node" if src is None else f"node {src}"
-                raise NodeTimeout(f"{who()} waited {timeout:g} s for '{kind}' from {origin}") from None
+                raise NodeTimeout(f"{who()} waited {timeout:g} s for '{kind}' from {describe_source(src)}") from None
             raise
 
     def _expire(self) -> None:
@@ -258,7 +275,7 @@ class Endpoint:
         self.counters = Counters() if process_totals is None else Counters(process=process_totals)
         self.mailbox = Mailbox()
         self.hello_from: set[int] = set()
-        self._hello_event = asyncio.Event()
+        self._greeted: asyncio.Future | None = None  # only while say_hello waits (no Event kept per node)
         self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
         self._loop: asyncio.AbstractEventLoop | None = None
         # Neighbours in other processes: the hub's DEALER to each one's process, as a plain
@@ -304,13 +321,16 @@ class Endpoint:
         """Greet every neighbour and wait for every neighbour's greeting: all links are up afterwards."""
         for n in self.neighbours:
             await self.send(n, "hello", None)
-        if not self.neighbours:
+        if len(self.hello_from) == len(self.neighbours):
             return
+        self._greeted = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._hello_event.wait(), timeout)
+            await asyncio.wait_for(self._greeted, timeout)
         except TimeoutError:
             missing = sorted(set(self.neighbours) - self.hello_from)
             raise NodeTimeout(f"node {self.rank} heard no hello from neighbours {missing} in {timeout:g} s") from None
+        finally:
+            self._greeted = None
 
     async def send(self, dst: int, kind: str, payload: Any, timeout: float | None = None) -> int:
         """Send to any node of the graph; returns the bytes put on the wire."""
@@ -390,8 +410,9 @@ class Endpoint:
             self._trace(self.rank, "recv", header.src, self.rank, header.kind, nbytes)
         if header.kind == "hello":
             self.hello_from.add(peer)
-            if len(self.hello_from) == len(self.neighbours):
-                self._hello_event.set()
+            greeted = self._greeted
+            if greeted is not None and len(self.hello_from) == len(self.neighbours) and not greeted.done():
+                greeted.set_result(None)
             return None
         self.mailbox.put(Message(header.src, header.kind, payload, nbytes))
         return None

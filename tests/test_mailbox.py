@@ -66,3 +66,25 @@ def test_a_cancelled_wait_leaves_nothing_behind_and_close_stops_the_timer() -> N
         return box.waiting()
 
     assert asyncio.run(main()) == []
+
+
+def test_a_wait_for_a_set_of_sources_takes_theirs_in_arrival_order_and_leaves_the_rest() -> None:
+    async def main() -> tuple[list[int], Message | None, str]:
+        box = Mailbox()
+        for src in (3, 2, 1, 2):
+            box.put(Message(src, "x", src, 4))
+        want = frozenset({1, 2})
+        order = [box.take("x", want).src, box.take("x", want).src, box.take("x", want).src]
+        assert box.take("x", want) is None
+        waiting = asyncio.ensure_future(box.get("x", want, 5.0, _who))
+        await asyncio.sleep(0)
+        box.put(Message(4, "x", 4, 4))  # not one of the set: queued
+        box.put(Message(1, "x", 1, 4))
+        got = await waiting
+        with pytest.raises(NodeTimeout) as info:
+            await box.get("x", want, 0.05, _who)
+        return order + [got.src], box.take("x", None), str(info.value)
+
+    order, left, timeout = asyncio.run(main())
+    assert order == [2, 1, 2, 1] and left.src == 3  # 3 and 4 stay queued for whoever asks
+    assert timeout.endswith("for 'x' from nodes 1, 2")
