@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import secrets
@@ -96,14 +97,21 @@ def _check_master_port(host: str, port: int) -> None:
 
 
 def _fork_workers(plans: list[WorkerPlan], base: dict[str, Any]) -> list[LocalProc]:
+    # Everything the launcher holds (the graph, the config, the program, modules) goes to the workers
+    # by fork, shared until written. Out of the cyclic collector's reach, it stays shared: a collection
+    # in a worker would otherwise write to every object's header and copy every page it sits on.
+    gc.freeze()
     ctx = multiprocessing.get_context("fork")
     threads = max(1, (os.cpu_count() or 1) // max(1, len(plans)))
     procs = []
-    for plan in plans:
-        spec = WorkerSpec(name=plan.name, ranks=plan.ranks, threads=threads, **base)
-        proc = ctx.Process(target=run_worker, args=(spec,), name=f"dsim-{plan.name}", daemon=False)
-        proc.start()
-        procs.append(LocalProc(plan.name, plan.ranks, proc))
+    try:
+        for plan in plans:
+            spec = WorkerSpec(name=plan.name, ranks=plan.ranks, threads=threads, **base)
+            proc = ctx.Process(target=run_worker, args=(spec,), name=f"dsim-{plan.name}", daemon=False)
+            proc.start()
+            procs.append(LocalProc(plan.name, plan.ranks, proc))
+    finally:
+        gc.unfreeze()  # the launcher's own garbage stays collectable (a sweep launches run after run)
     return procs
 
 

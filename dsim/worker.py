@@ -223,8 +223,10 @@ class Worker:
         self.beats.start()
         # Everything built so far lives for the whole run: keep it out of the cyclic collector's
         # scans. With thousands of nodes per process each full collection walked millions of
-        # long-lived objects, and the runs spent most of their time there.
+        # long-lived objects, and the runs spent most of their time there. (The collector was off
+        # while it was built: the collections of set-up walked it again and again.)
         gc.freeze()
+        gc.enable()
         for rank in spec.ranks:
             node = build_node(spec.program, cfg, spec.graph, rank, self.endpoints[rank], self.logs[rank],
                               spec.run_dir, data.get(rank), self.devices[rank], len(spec.ranks), spec.conditions)
@@ -342,6 +344,7 @@ def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C and stops us cleanly
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gc.disable()  # until the nodes start (Worker._serve): set-up builds what lives for the whole run
     libc = _libc()
     _die_with_parent(libc)
     _reuse_freed_memory(libc)
