@@ -6,9 +6,11 @@ leaves through the one DEALER to that process and arrives on its ROUTER as ``[ho
 its nodes the message is for, leads the message's first frame. The message's own frames (dsim.wire)
 travel unchanged behind it, and the hop is not counted in any node's bytes (it is addressing, like
 ZeroMQ's identity frame). It rides in the header's frame, not a frame of its own: a frame costs ZeroMQ
-and pyzmq more on both ends than copying the header once, about a tenth of a small message's path. With a socket, a port and
-a connection per node, a process of more than about a thousand nodes ran out of ZeroMQ sockets, file
-descriptors and ports; per process pair, 20,000 nodes in ten processes need ten ports.
+and pyzmq more on both ends than copying the header once.
+
+With a socket, a port and a connection per node, a process of more than about a thousand nodes ran
+out of ZeroMQ sockets, file descriptors and ports; per process pair, 20,000 nodes in ten processes
+need ten ports.
 
 A peer process is known by its DEALER identity, ``<run id>|<its ROUTER address>``: a frame from an
 identity outside the peer table (another run, a stray client), or claiming a sender that its process

@@ -17,7 +17,8 @@ def test_a_short_wait_behind_a_long_one_times_out_at_its_own_deadline() -> None:
     async def main() -> tuple[float, Message]:
         box, loop = Mailbox(), asyncio.get_running_loop()
         long_wait = asyncio.ensure_future(box.get("late", None, 30.0, _who))
-        await asyncio.sleep(0)  # the long wait arms the timer first
+        await asyncio.sleep(0)  # one loop turn: the long wait registers and arms the timer first
+        assert box.waiting() == [("late", None)]
         start = loop.time()
         with pytest.raises(NodeTimeout, match=r"waited 0.2 s for 'never' from node 3"):
             await box.get("never", 3, 0.2, _who)
@@ -36,7 +37,8 @@ def test_served_waits_arm_one_timer_and_an_earlier_deadline_still_fires() -> Non
         served = 0
         for i in range(200):  # lock-step: every wait is served
             wait = asyncio.ensure_future(box.get("x", 1, 60.0, _who))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one loop turn: the wait registers, so the put serves a waiter
+            assert box.waiting() == [("x", 1)]
             box.put(Message(1, "x", i, 4))
             served += (await wait).payload == i
         assert box._timer is not None  # armed once, by the first wait, for its 60 s deadline
@@ -78,6 +80,7 @@ def test_a_wait_for_a_set_of_sources_takes_theirs_in_arrival_order_and_leaves_th
         assert box.take("x", want) is None
         waiting = asyncio.ensure_future(box.get("x", want, 5.0, _who))
         await asyncio.sleep(0)
+        assert box.waiting() == [("x", want)]
         box.put(Message(4, "x", 4, 4))  # not one of the set: queued
         box.put(Message(1, "x", 1, 4))
         got = await waiting

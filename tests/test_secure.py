@@ -203,14 +203,20 @@ def _intrude(out: Path, port: int, proc: subprocess.Popen) -> None:
     assert done.stdout.strip() == "sent", done.stderr
 
 
-def test_an_outsider_without_the_key_gets_nothing_delivered_and_is_counted(tmp_path) -> None:
-    proc, out, port = _start_intrusion(tmp_path, "on")
+def _intruded_run(tmp_path: Path, mode: str) -> tuple[int, str, Path]:
+    """A run with net.secure=`mode` that the outsider attacks: (its exit code, its stderr, its run dir)."""
+    proc, out, port = _start_intrusion(tmp_path, mode)
     try:
         _intrude(out, port, proc)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr  # its Lost never reached the coordinator: the run went on
+    return proc.returncode, stderr, out
+
+
+def test_an_outsider_without_the_key_gets_nothing_delivered_and_is_counted(tmp_path) -> None:
+    code, stderr, out = _intruded_run(tmp_path, "on")
+    assert code == 0, stderr  # its Lost never reached the coordinator: the run went on
     s = summary(out)
     assert s["status"] == "ok" and s["secure"] is True
     node0 = s["results"]["per_node"]["0"]
@@ -226,13 +232,8 @@ def test_an_outsider_without_the_key_gets_nothing_delivered_and_is_counted(tmp_p
 
 def test_the_same_outsider_without_curve_stops_the_run(tmp_path) -> None:
     """net.secure=off: the outsider's control message is taken at its word (what the key prevents)."""
-    proc, out, port = _start_intrusion(tmp_path, "off")
-    try:
-        _intrude(out, port, proc)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, stderr
+    code, stderr, out = _intruded_run(tmp_path, "off")
+    assert code == 1, stderr
     assert "an outsider stopped the run" in stderr
     assert summary(out)["secure"] is False
 
