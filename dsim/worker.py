@@ -340,6 +340,17 @@ def run_event_loop(main: Coroutine[Any, Any, int], choice: str) -> int:
     return asyncio.run(main)
 
 
+def _schedule(policy: str) -> None:
+    """Put this process, and every thread it starts later (ZeroMQ's, torch's), in its CPU scheduling
+    class. SCHED_BATCH only gives up wake-up preemption, so a worker that a message wakes waits for the
+    running one's time slice and then finds more messages queued: fewer wake-ups per message, the cost
+    that dominates small messages when processes outnumber cores. A system that refuses the call
+    (a seccomp filter) or lacks it (not Linux) keeps the default class: the run is the same, only slower."""
+    if policy == "batch" and hasattr(os, "SCHED_BATCH"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point of a forked worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C and stops us cleanly
@@ -348,6 +359,7 @@ def run_worker(spec: WorkerSpec) -> None:
     libc = _libc()
     _die_with_parent(libc)
     _reuse_freed_memory(libc)
+    _schedule(spec.config.net.scheduler)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if "torch" in sys.modules:
