@@ -44,7 +44,9 @@ _unpack_hop = HOP.unpack_from
 NEVER_COPY_BELOW = 2**31 - 1  # pyzmq sends large frames zero-copy even with copy=True unless told otherwise
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+# The option as pyzmq's own enum member: getsockopt turns its argument into one, and that is quickest
+# from a member (0.5 us less a call than from an int).
+_EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 _DRAIN_BATCH = 256  # messages handled per loop turn before other tasks get a turn
 # The hot path calls pyzmq's compiled socket methods directly. Its Python layer (send_multipart,
 # recv_multipart) costs about 10 us a message in flag enums and checks, and ends every drain with a
