@@ -52,7 +52,7 @@ class NetOptions(Options):
     start_timeout: Annotated[float, Meta(gt=0, description="seconds allowed for registration, links and the start barrier")] = 120.0
     message_log: Annotated[bool, Meta(description="write every message's send, receipt, relay, loss or drop to messages/<process>.csv (who sent what to whom, when; what `dsim report` draws the timeline from)")] = True
     event_loop: Annotated[EventLoop, Meta(description="node processes' loop: auto (uvloop when installed), uvloop or asyncio")] = "auto"
-    scheduler: Annotated[Scheduler, Meta(description="Linux CPU scheduling of the node processes: batch (SCHED_BATCH: a process woken by a message does not preempt a running one, so each wake-up handles more messages; about 15 % more 1 KB messages per second with 8 processes on 2 cores) or normal (prompter wake-ups under CPU contention, for emulated latencies that must hold to the millisecond on a busy machine)")] = "batch"
+    scheduler: Annotated[Scheduler, Meta(description="Linux CPU scheduling of the node processes: batch (SCHED_BATCH: a process woken by a message does not preempt a running one, so each wake-up handles more messages; about a fifth more 1 KB messages per second with 8 processes on 2 cores) or normal (prompter wake-ups under CPU contention, for emulated latencies that must hold to the millisecond on a busy machine)")] = "batch"
     secure: Annotated[Secure, Meta(description="CurveZMQ on every socket (only the run's key holders connect; all traffic encrypted): auto (on over many machines), on or off")] = "auto"
     key_file: Annotated[str, Meta(description="the run key (`dsim keygen FILE`, mode 600) for runs over many machines not started over SSH; '' = generated per run")] = ""
 
