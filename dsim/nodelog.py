@@ -63,7 +63,7 @@ class MessageLog:
     did not say); `bytes` its frames' size as counted in bandwidth.csv.
 
     A row is recorded as a tuple and formatted with the others of its second when they are written:
-    formatting and writing each row as it came cost a quarter of a small message's CPU when node
+    formatting and writing each row as it came cost about a fifth of the small-message rate when node
     processes outnumber cores (every wake-up ran that code cold); a second's rows at once run it warm."""
 
     def __init__(self, path: Path, t0: float) -> None:
