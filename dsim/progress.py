@@ -15,7 +15,6 @@ made-up states and times. How rows are shown (a live display, plain lines) is `d
 from __future__ import annotations
 
 import statistics
-import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,20 +28,27 @@ DONE = "done"
 
 
 class Board:
-    """The latest (phase, step, total) of each node of this process that changed since the last drain."""
+    """The latest (phase, step, total) of each node of this process, and what changed since the last drain.
+
+    Without a lock, because nodes record on every step (every round of a lock-step program, cold on
+    each wake-up of a busy process): a record is one dict store, atomic under the GIL, from the loop or
+    an offload thread. A drain copies the dict in one call and keeps the copy; the next drain reports
+    the entries that are not the very tuples it kept, so a record landing during a drain comes with the
+    next one, never lost. A drain walks every node of the process: 10,000 take about a millisecond,
+    twice a second."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # nodes write from offload threads while the heartbeat drains
-        self._changed: dict[int, tuple[str, int, int]] = {}
+        self._latest: dict[int, tuple[str, int, int]] = {}
+        self._drained: dict[int, tuple[str, int, int]] = {}
 
     def record(self, rank: int, phase: str, step: int = 0, total: int = 0) -> None:
-        with self._lock:
-            self._changed[rank] = (phase, step, total)
+        self._latest[rank] = (phase, step, total)
 
     def drain(self, roles: Mapping[int, str]) -> list[control.Steps]:
-        """What changed, grouped by (role, phase, total), and forget it: the heartbeat's payload."""
-        with self._lock:
-            changed, self._changed = self._changed, {}
+        """What changed, grouped by (role, phase, total): the heartbeat's payload."""
+        latest, drained = self._latest.copy(), self._drained
+        self._drained = latest
+        changed = {rank: state for rank, state in latest.items() if drained.get(rank) is not state}
         groups: dict[tuple[str, str, int], control.Steps] = {}
         for rank, (phase, step, total) in changed.items():
             role = roles.get(rank, "node")
