@@ -59,8 +59,9 @@ _get = zmq.backend.Socket.get
 def send_now(sock: zmq.Socket, frames: list, copy: bool = True) -> None:
     """Queue a multipart message without waiting; zmq.Again when the socket would block (nothing is
     queued then: a message is accepted whole from its first frame on)."""
-    for frame in frames[:-1]:
-        _send(sock, frame, _MORE_NOBLOCK, copy)
+    if len(frames) > 1:  # most small messages are one frame: no slice to build
+        for frame in frames[:-1]:
+            _send(sock, frame, _MORE_NOBLOCK, copy)
     _send(sock, frames[-1], _NOBLOCK, copy)
 
 
