@@ -47,6 +47,7 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # The option as pyzmq's own enum member: getsockopt turns its argument into one, and that is quickest
 # from a member (0.5 us less a call than from an int).
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
+_COPY_HEADER_BELOW = 1 << 14
 _DRAIN_BATCH = 256  # messages handled per loop turn before other tasks get a turn
 # The hot path calls pyzmq's compiled socket methods directly. Its Python layer (send_multipart,
 # recv_multipart) costs about 10 us a message in flag enums and checks, and ends every drain with a
@@ -163,11 +164,12 @@ class Hub:
             # A ROUTER hands the sender's identity and then at least one frame. The frames come as
             # zmq.Frames, whose `more` is read with them: asking the socket for RCVMORE instead costs
             # pyzmq an enum lookup, 1.8 us a frame. The small identity and hop-and-header frames are
-            # copied out as bytes; array frames behind them stay zero-copy.
+            # copied out as bytes (a small header once more, past its hop: cheaper than a memoryview,
+            # and bytes are what the decoder reads quickest); array frames behind them stay zero-copy.
             identity = _recv(sock, _NOBLOCK, True)
             frame = _recv(sock, _NOBLOCK, False)
             head = frame.bytes
-            body = [memoryview(head)[HOP.size:]]
+            body = [head[HOP.size:] if len(head) < _COPY_HEADER_BELOW else memoryview(head)[HOP.size:]]
             while frame.more:
                 frame = _recv(sock, _NOBLOCK, False)
                 body.append(frame.buffer)

@@ -286,6 +286,7 @@ class Endpoint:
         self._trace = trace  # the process's message log (MessageLog.record), None when it is off
         self.counters = Counters() if process_totals is None else Counters(process=process_totals)
         self.mailbox = Mailbox()
+        self._inbound = wire.Inbound()  # decodes what neighbours send, cheaper for routes it has seen
         self.hello_from: set[int] = set()
         self._greeted: asyncio.Future | None = None  # only while say_hello waits (no Event kept per node)
         self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
@@ -402,7 +403,7 @@ class Endpoint:
         if peer not in self._neighbour_set:
             return self._drop("sender is not a neighbour", nbytes, peer)
         try:
-            header, payload = wire.decode(body[0], body[1:])
+            header, payload = self._inbound.decode(peer, body[0], body[1:])
         except wire.WireError as exc:
             return self._drop(str(exc), nbytes, peer)
         if header.run != self.run:

@@ -628,3 +628,71 @@ def test_torch_is_imported_only_when_a_tensor_arrives() -> None:
         "assert type(t).__name__ == 'Tensor' and t.tolist() == [1.0], t\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+# --- Inbound: a receiver's decoder that reads repeated heads without msgpack ----------------------------
+
+def _twice(inbound: wire.Inbound, peer: int, frame: bytes, buffers: list) -> list[tuple]:
+    """Outcomes of decoding the same frame twice: the first may teach the Inbound its head, the
+    second then takes the short path."""
+    return [_outcome(inbound.decode, peer, frame, buffers) for _ in range(2)]
+
+
+@pytest.mark.parametrize("name", sorted(DECODED))
+def test_inbound_decodes_every_payload_as_decode_does(name: str) -> None:
+    frames = wire.encode("run1", 3, 7, "model", _payloads()[name])
+    assert _twice(wire.Inbound(), 3, bytes(frames[0]), [bytes(f) for f in frames[1:]]) == [DECODED[name]] * 2
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_inbound_refuses_and_accepts_crafted_frames_as_decode_does(name: str) -> None:
+    frame, buffers = _crafted()[name]
+    inbound = wire.Inbound()
+    for shape in [(4,), (1,), (3,)]:  # heads of the crafted frames' route, learnt first
+        sent = wire.encode("r", 0, 1, "k", np.zeros(shape, np.float32))
+        inbound.decode(0, bytes(sent[0]), [])
+    assert _twice(inbound, 0, frame, buffers) == [CRAFTED[name]] * 2
+
+
+def _bare_arrays() -> list:
+    arrays = [np.arange(6).astype(name).reshape(2, 3) for name in sorted(wire.ALLOWED_DTYPES - {"bfloat16"})]
+    arrays += [np.zeros(()), np.zeros((0,)), np.zeros((3, 0, 2)), np.zeros(255, np.uint8), np.zeros(256, np.uint8),
+               np.zeros(65535, np.uint8), np.full(wire.INLINE_MAX, 7, np.uint8), np.arange(wire.INLINE_MAX // 4 + 1.0),
+               np.arange(20.0).reshape(4, 5)[:, ::2], np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+               np.arange(262144, dtype=np.float32).reshape(512, 512)]
+    return arrays + [torch.arange(12.0).reshape(3, 4), (torch.arange(5) / 3).to(torch.bfloat16), torch.tensor(2.5),
+                     torch.arange(8192.0), torch.arange(16384.0).to(torch.bfloat16)]
+
+
+@pytest.mark.parametrize("index", range(len(_bare_arrays())))
+def test_a_bare_array_is_packed_as_msgpack_packs_it_and_read_back_the_same_both_ways(index: int) -> None:
+    payload = _bare_arrays()[index]
+    frames = wire.encode("run1", 3, 7, "model", payload)
+    assert [bytes(f) for f in frames] == _reference_encode("run1", 3, 7, "model", payload)
+    header, buffers = bytes(frames[0]), [bytes(f) for f in frames[1:]]
+    expected = _outcome(wire.decode, header, buffers)
+    assert expected[0] == "ok"
+    assert _twice(wire.Inbound(), 3, header, buffers) == [expected] * 2
+
+
+def test_inbound_reads_a_learnt_head_only_from_frames_of_the_size_it_implies() -> None:
+    inbound = wire.Inbound()
+    x = np.arange(256, dtype=np.float32)
+    (frame,) = wire.encode("run1", 3, 7, "model", x)
+    inbound.decode(3, frame, [])
+    header, out = inbound.decode(3, frame, [])
+    assert header == wire.Header("run1", 3, 7, "model") and np.array_equal(out, x) and not out.flags.writeable
+    assert _outcome(inbound.decode, 3, frame[:-4], []) == _outcome(wire.decode, frame[:-4], [])
+    assert _outcome(inbound.decode, 3, frame + b"\x00", []) == _outcome(wire.decode, frame + b"\x00", [])
+    assert _outcome(inbound.decode, 3, frame, [b"1234"]) == ("WireError", "1 buffer frames but 0 referenced")
+    (longer,) = wire.encode("run1", 3, 7, "model", np.arange(300, dtype=np.float32))
+    assert np.array_equal(inbound.decode(3, longer, [])[1], np.arange(300, dtype=np.float32))
+    # The same frame from another neighbour (a relay) is read as well: heads are kept per neighbour.
+    assert np.array_equal(inbound.decode(5, frame, [])[1], x)
+    big = np.arange(262144, dtype=np.float32)
+    framed = wire.encode("run1", 3, 7, "model", big)
+    head, buffer = bytes(framed[0]), bytes(framed[1])
+    for _ in range(2):
+        assert np.array_equal(inbound.decode(3, head, [buffer])[1], big)
+    assert _outcome(inbound.decode, 3, head, [buffer[:-4]]) == _outcome(wire.decode, head, [buffer[:-4]])
+    assert _outcome(inbound.decode, 3, head, []) == _outcome(wire.decode, head, [])
