@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup run test bench lint clean
 
-$(BIN)/dsim: setup.cfg pyproject.toml
+$(BIN)/dsim: setup.cfg setup.py pyproject.toml dsim/_zmqio.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)

@@ -34,6 +34,7 @@ from dsim.topologies.options import GraphOptions
 EventLoop = Literal["auto", "uvloop", "asyncio"]
 Secure = Literal["auto", "on", "off"]
 Scheduler = Literal["batch", "normal"]
+NativeIO = Literal["auto", "on", "off"]
 _PORTS = re.compile(r"^(\d+)-(\d+)$")
 DEFAULT_ALGORITHM = "collabdm"
 _DEVICE = r"^(auto|cpu|cuda|cuda:\d+)$"
@@ -53,6 +54,7 @@ class NetOptions(Options):
     message_log: Annotated[bool, Meta(description="write every message's send, receipt, relay, loss or drop to messages/<process>.csv (who sent what to whom, when; what `dsim report` draws the timeline from)")] = True
     event_loop: Annotated[EventLoop, Meta(description="node processes' loop: auto (uvloop when installed), uvloop or asyncio")] = "auto"
     scheduler: Annotated[Scheduler, Meta(description="Linux CPU scheduling of the node processes: batch (SCHED_BATCH: a process woken by a message does not preempt a running one, so each wake-up handles more messages; about a fifth more 1 KB messages per second with 8 processes on 2 cores) or normal (prompter wake-ups under CPU contention, for emulated latencies that must hold to the millisecond on a busy machine)")] = "batch"
+    native_io: Annotated[NativeIO, Meta(description="the small-message path's ZeroMQ calls: auto (dsim's compiled module when it was built at install, else pyzmq's), on (the compiled module, or refuse to start) or off (pyzmq's only); the same frames either way")] = "auto"
     secure: Annotated[Secure, Meta(description="CurveZMQ on every socket (only the run's key holders connect; all traffic encrypted): auto (on over many machines), on or off")] = "auto"
     key_file: Annotated[str, Meta(description="the run key (`dsim keygen FILE`, mode 600) for runs over many machines not started over SSH; '' = generated per run")] = ""
 
@@ -62,6 +64,12 @@ class NetOptions(Options):
                              f"({self.heartbeat_timeout:g} s)")
         if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise ValueError("event_loop = 'uvloop' but uvloop is not installed (pip install uvloop)")
+        if self.native_io == "on":
+            from dsim import native
+
+            why = native.load()[1]
+            if why:
+                raise ValueError(f"native_io = 'on' but {why}")
         parse_port_range(self.ports)
 
     @property

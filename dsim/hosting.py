@@ -91,9 +91,11 @@ def make_endpoint(hub: Hub | None, cfg: Config, graph: nx.Graph, rank: int,
 
 
 def log_start(log: NodeLog, role: str, endpoint: Endpoint, device: str) -> None:
-    """The `start` event: who the node is, where it listens, who its neighbours are."""
+    """The `start` event: who the node is, where it listens, who its neighbours are, and how its
+    process drives its sockets (io: "native", dsim's compiled calls, or "pyzmq")."""
     log.write("start", role=role, pid=os.getpid(), address=endpoint.address,
-              neighbours=list(endpoint.neighbours), device=device)
+              neighbours=list(endpoint.neighbours), device=device,
+              io="memory" if endpoint.hub is None else endpoint.hub.io)
 
 
 def log_share(log: NodeLog, data: Any) -> None:

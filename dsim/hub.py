@@ -28,6 +28,7 @@ import asyncio
 import struct
 from collections import defaultdict
 from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import zmq
@@ -66,6 +67,44 @@ def send_now(sock: zmq.Socket, frames: list, copy: bool = True) -> None:
     _send(sock, frames[-1], _NOBLOCK, copy)
 
 
+class Outlet:
+    """The way to one peer process: its DEALER, as a plain (blocking-API) view for the hot path, which
+    sends without creating a future per message, and as the asyncio socket, the fallback when a send
+    would block; with dsim's compiled module (dsim.native), the socket's handle for it."""
+
+    __slots__ = ("sock", "dealer", "native", "handle")
+
+    def __init__(self, dealer: zmq.asyncio.Socket, native: ModuleType | None) -> None:
+        self.dealer = dealer
+        self.sock = zmq.Socket.shadow(dealer.underlying)
+        self.sock.copy_threshold = NEVER_COPY_BELOW
+        self.native, self.handle = native, dealer.underlying
+
+    def put(self, hop: bytes, frames: list, copy: bool = True) -> None:
+        """Queue a message behind its hop without waiting; zmq.Again when the socket would block
+        (nothing is queued then)."""
+        native = self.native
+        if native is None:
+            return send_now(self.sock, addressed(hop, frames), copy)
+        more = len(frames) > 1
+        if not native.send(self.handle, hop, frames[0], more):  # hop and header copied as one frame
+            raise zmq.Again()
+        if more:  # the rest follows the accepted first frame: a multipart message is queued whole
+            sock = self.sock
+            for frame in frames[1:-1]:
+                _send(sock, frame, _MORE_NOBLOCK, copy)
+            _send(sock, frames[-1], _NOBLOCK, copy)
+        return None
+
+    async def put_waiting(self, hop: bytes, frames: list, copy: bool = True) -> None:
+        """Queue a message behind its hop, waiting while the socket would block."""
+        await self.dealer.send_multipart(addressed(hop, frames), copy=copy)
+
+    def close(self) -> None:
+        self.native = None  # the handle dies with the socket; pyzmq's own checks guard it from now on
+        self.dealer.close(linger=0)
+
+
 def hop_frame(src: int, dst: int) -> bytes:
     return HOP.pack(src, dst)
 
@@ -78,9 +117,11 @@ def addressed(hop: bytes, frames: list) -> list:
 class Hub:
     """Bind, then `attach` every endpoint hosted here, then `connect` once the peer table is known."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, max_bytes: int, key: secure.RunKey | None = None) -> None:
-        """`key`: the run key (its context's dsim.secure.Gate started), or None for plain sockets."""
-        self.ctx, self.key = ctx, key
+    def __init__(self, ctx: zmq.asyncio.Context, max_bytes: int, key: secure.RunKey | None = None,
+                 native: ModuleType | None = None) -> None:
+        """`key`: the run key (its context's dsim.secure.Gate started), or None for plain sockets;
+        `native`: dsim's compiled ZeroMQ calls (dsim.native.load), or None for pyzmq's alone."""
+        self.ctx, self.key, self._native = ctx, key, native
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_bytes)
@@ -93,10 +134,15 @@ class Hub:
         self.nodes: dict[int, Endpoint] = {}
         self._addresses: Mapping[int, str] = {}
         self._hosted_by: dict[bytes, frozenset[int]] = {}  # peer identity -> the ranks that process hosts
-        self._dealers: dict[str, zmq.asyncio.Socket] = {}  # by peer address
-        self._fast: dict[str, zmq.Socket] = {}
+        self._outlets: dict[str, Outlet] = {}  # by peer address
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_fd: int | None = None
+        self._router_handle = 0
+
+    @property
+    def io(self) -> str:
+        """How this hub drives its sockets: "native" (dsim.native) or "pyzmq"."""
+        return "pyzmq" if self._native is None else "native"
 
     def bind(self, host: str, port_range: tuple[int, int] | None) -> str:
         """Bind to a free port (the OS picks one unless a range is given); returns the tcp address."""
@@ -138,25 +184,26 @@ class Hub:
             sock.copy_threshold = NEVER_COPY_BELOW
             secure.dial(sock, self.key)
             sock.connect(address)
-            fast = zmq.Socket.shadow(sock.underlying)
-            fast.copy_threshold = NEVER_COPY_BELOW
-            self._dealers[address], self._fast[address] = sock, fast
+            self._outlets[address] = Outlet(sock, self._native)
         self._loop = asyncio.get_running_loop()
+        self._router_handle = self.router.underlying
         self._reader_fd = self._router_fast.getsockopt(zmq.FD)
         self._loop.add_reader(self._reader_fd, self._drain)
         self._loop.call_soon(self._drain)  # messages may have queued before the reader existed
         self._refused.start(self._loop, self._refuse)
 
-    def sockets_to(self, rank: int) -> tuple[zmq.Socket, zmq.asyncio.Socket]:
-        """The plain and the asyncio view of the DEALER to the process that hosts `rank`."""
-        address = self._addresses[rank]
-        return self._fast[address], self._dealers[address]
+    def outlet_to(self, rank: int) -> Outlet:
+        """The way to the process that hosts `rank`."""
+        return self._outlets[self._addresses[rank]]
 
     def _drain(self) -> None:
         """Receive everything queued on the ROUTER, a bounded batch at a time. Its FD is edge-triggered:
-        it signals again only once ZMQ_EVENTS has been read showing nothing left, as this loop ends."""
+        it signals again only once the socket has been seen empty (EAGAIN, or ZMQ_EVENTS without
+        POLLIN), as this loop ends."""
         if self._reader_fd is None:
             return
+        if self._native is not None:
+            return self._drain_native()
         sock = self._router_fast
         for _ in range(_DRAIN_BATCH):
             if not _get(sock, _EVENTS) & _POLLIN:
@@ -174,6 +221,24 @@ class Hub:
                 frame = _recv(sock, _NOBLOCK, False)
                 body.append(frame.buffer)
             self._dispatch(identity, head, body)
+        self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
+
+    def _drain_native(self) -> None:
+        """_drain through the compiled module: identity and header frames of many messages per call,
+        until EAGAIN, with no ZMQ_EVENTS query per message; frames behind a header come zero-copy."""
+        sock, drain, left = self._router_fast, self._native.drain, _DRAIN_BATCH
+        while left > 0:
+            messages, drained = drain(self._router_handle, left)
+            left -= len(messages)
+            for identity, head, more in messages:
+                body = [head[HOP.size:] if len(head) < _COPY_HEADER_BELOW else memoryview(head)[HOP.size:]]
+                while more:
+                    frame = _recv(sock, _NOBLOCK, False)
+                    body.append(frame.buffer)
+                    more = frame.more
+                self._dispatch(identity, head, body)
+            if drained or self._reader_fd is None:  # empty, or closed while a message was handled
+                return
         self._loop.call_soon(self._drain)  # more waiting: let other tasks run first
 
     def _dispatch(self, identity: bytes, head: bytes, body: list) -> None:
@@ -205,8 +270,8 @@ class Hub:
             self._loop.remove_reader(self._reader_fd)
             self._reader_fd = None
         self._refused.close()
-        for sock in self._dealers.values():
-            sock.close(linger=0)
+        for outlet in self._outlets.values():
+            outlet.close()
         self.router.close(linger=0)
 
 

@@ -37,7 +37,7 @@ import zmq.asyncio
 
 from dsim import wire
 from dsim.churn import Schedule
-from dsim.hub import Hub, addressed, hop_frame, send_now
+from dsim.hub import Hub, Outlet, addressed, hop_frame
 from dsim.links import Link, LinkSpec, LinkTable
 from dsim.routing import Routes
 
@@ -291,11 +291,8 @@ class Endpoint:
         self._greeted: asyncio.Future | None = None  # only while say_hello waits (no Event kept per node)
         self._local: dict[int, Endpoint] = {}  # neighbours in this process, reached in memory
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Neighbours in other processes: the hub's DEALER to each one's process, as a plain
-        # (blocking-API) view for the hot path, which sends without creating a future per message, and
-        # as the asyncio socket, the fallback when a send would block; and the hop to each.
-        self._fast: dict[int, zmq.Socket] = {}
-        self._dealers: dict[int, zmq.asyncio.Socket] = {}
+        # Neighbours in other processes: the hub's way to each one's process, and the hop to each.
+        self._outlets: dict[int, Outlet] = {}
         self._hop: dict[int, bytes] = {}
         self._open = False  # between connect and close: deliveries are handled
         self.address = "" if hub is None else hub.address
@@ -326,7 +323,7 @@ class Endpoint:
                 continue
             if self.hub is None:
                 raise ValueError(f"node {self.rank}: neighbour {n} is not in memory and this endpoint has no hub")
-            self._fast[n], self._dealers[n] = self.hub.sockets_to(n)
+            self._outlets[n] = self.hub.outlet_to(n)
             self._hop[n] = hop_frame(self.rank, n)
         self._open = True
 
@@ -366,11 +363,11 @@ class Endpoint:
         if peer is not None:  # a snapshot, as a socket takes: later writes to the arrays do not travel
             peer.deliver(self.rank, _snapshot(frames))
             return nbytes
-        frames = addressed(self._hop[hop], frames)
+        outlet = self._outlets[hop]
         try:
-            send_now(self._fast[hop], frames)
+            outlet.put(self._hop[hop], frames)
         except zmq.Again:
-            await asyncio.wait_for(self._dealers[hop].send_multipart(frames, copy=True), timeout)
+            await asyncio.wait_for(outlet.put_waiting(self._hop[hop], frames), timeout)
         return nbytes
 
     def deliver(self, src: int, body: list) -> None:
@@ -433,7 +430,7 @@ class Endpoint:
     def _relay(self, header: wire.Header, body: list, nbytes: int) -> None:
         hop = self.next_hop.get(header.dst)
         peer = self._local.get(hop)
-        if hop is None or (hop not in self._fast and peer is None):
+        if hop is None or (hop not in self._outlets and peer is None):
             self.log("dropped", reason=f"no route to {header.dst}", nbytes=nbytes)
             if self._trace is not None:
                 self._trace(self.rank, "dropped", header.src, header.dst, header.kind, nbytes)
@@ -449,7 +446,10 @@ class Endpoint:
         elif peer is not None:
             peer.deliver(self.rank, body)
         else:
-            self._fast[hop].send_multipart(addressed(self._hop[hop], body), copy=False)
+            try:
+                self._outlets[hop].put(self._hop[hop], body, copy=False)
+            except zmq.Again:  # waits, in this one step, as a relay always has
+                self._outlets[hop].sock.send_multipart(addressed(self._hop[hop], body), copy=False)
 
     # --- emulated links ------------------------------------------------------------------------
     def follow_schedule(self, schedule: Schedule) -> None:
@@ -517,7 +517,7 @@ class Endpoint:
             peer.deliver(self.rank, body)
             return True
         try:
-            send_now(self._fast[hop], addressed(self._hop[hop], body), copy)
+            self._outlets[hop].put(self._hop[hop], body, copy)
         except zmq.Again:
             return False
         return True
@@ -550,7 +550,7 @@ class Endpoint:
     async def _unstall(self, hop: int, link: Link) -> None:
         """Send the head of a link whose socket would have blocked, then carry on with the rest."""
         _, body, copy = link.queue[0][:3]
-        await self._dealers[hop].send_multipart(addressed(self._hop[hop], body), copy=copy)
+        await self._outlets[hop].put_waiting(self._hop[hop], body, copy)
         link.queue.popleft()
         link.stall = None
         self._dequeued()

@@ -27,7 +27,7 @@ import networkx as nx
 import zmq
 import zmq.asyncio
 
-from dsim import control, secure
+from dsim import control, native, secure
 from dsim.churn import Conditions
 from dsim.config import Config
 from dsim.hosting import (
@@ -182,7 +182,8 @@ class Worker:
         data: dict[int, Any] = {}
         try:
             self.devices = place_nodes(cfg, spec.program, spec.ranks, spec.first_rank)
-            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)), spec.key)
+            hub = self.hub = Hub(self.ctx, int(cfg.net.max_message_mb * (1 << 20)), spec.key,
+                                 native.chosen(cfg.net.native_io))
             hub.bind(spec.host, cfg.net.port_range)
             self.logs = open_logs(spec.run_dir, spec.ranks, spec.t0)
             self.messages = open_message_log(cfg, spec.run_dir, spec.name, spec.t0)

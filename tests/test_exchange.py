@@ -12,7 +12,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from dsim import wire
+from dsim import native, wire
 from dsim.config import resolve
 from dsim.errors import DsimError
 from dsim.launch import launch
@@ -28,10 +28,16 @@ def _launch(out: Path, *sets: str) -> tuple[int, Path]:
     return launch(cfg, quiet=True)
 
 
-def test_exchange_counts_every_byte_and_reports_throughput(tmp_path: Path) -> None:
-    code, run_dir = _launch(tmp_path / "run", f"exchange.bytes={BYTES}")
+@pytest.mark.parametrize("io", ["auto", "off"])
+def test_exchange_counts_every_byte_and_reports_throughput(tmp_path: Path, io: str) -> None:
+    code, run_dir = _launch(tmp_path / "run", f"exchange.bytes={BYTES}", f"net.native_io={io}")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert code == 0, summary["failures"]
+    # "auto" takes dsim's compiled calls wherever they were built, as here unless no compiler was
+    starts = [json.loads(line) for rank in range(NODES) for line in open(run_dir / "nodes" / f"{rank}.jsonl")
+              if '"start"' in line]
+    built = native.load()[0] is not None
+    assert {s["io"] for s in starts} == {"native" if io == "auto" and built else "pyzmq"}
 
     run_id = summary["run_id"]
     payload = np.zeros(BYTES // 4, dtype=np.float32)

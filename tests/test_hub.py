@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from types import ModuleType
 
 import msgpack
 import networkx as nx
 import numpy as np
+import pytest
 import zmq
 import zmq.asyncio
 
-from dsim import wire
+from dsim import native, wire
 from dsim.hub import Hub
 from dsim.routing import Routes
 from dsim.transport import Endpoint
@@ -48,10 +50,22 @@ class Log:
         return [f["reason"] for e, f in self.events if e == "dropped"]
 
 
-async def _two_processes(graph: nx.Graph, placement: dict[int, int], drops: Drops | None = None):
+@pytest.fixture(params=["pyzmq", "native"])
+def io(request) -> ModuleType | None:
+    """Both ways a hub drives its sockets: pyzmq's calls alone, and dsim's compiled module."""
+    if request.param == "pyzmq":
+        return None
+    module, why = native.load()
+    if module is None:
+        pytest.skip(f"the compiled path cannot be tested here: {why}")
+    return module
+
+
+async def _two_processes(graph: nx.Graph, placement: dict[int, int], io: ModuleType | None,
+                         drops: Drops | None = None):
     """Hubs 0 and 1 with the graph's nodes placed on them, connected and greeted."""
     ctx = zmq.asyncio.Context()
-    hubs = [Hub(ctx, MAX_BYTES) for _ in range(2)]
+    hubs = [Hub(ctx, MAX_BYTES, native=io) for _ in range(2)]
     for hub in hubs:
         hub.bind("127.0.0.1", None)
     logs = {r: Log(drops) for r in graph.nodes}
@@ -77,10 +91,10 @@ def _close(ctx, hubs, eps) -> None:
     ctx.term()
 
 
-def test_messages_cross_processes_by_hop_and_relay_through_both() -> None:
+def test_messages_cross_processes_by_hop_and_relay_through_both(io: ModuleType | None) -> None:
     async def main():
         graph = nx.path_graph(4)  # 0-1-2-3, placed 0,1 | 2,3: 0 -> 3 crosses the hubs through relays 1 and 2
-        ctx, hubs, eps, logs = await _two_processes(graph, {0: 0, 1: 0, 2: 1, 3: 1})
+        ctx, hubs, eps, logs = await _two_processes(graph, {0: 0, 1: 0, 2: 1, 3: 1}, io)
         try:
             x = np.arange(5000, dtype=np.float32)  # a framed array (over wire.INLINE_MAX)
             await eps[0].send(3, "far", {"x": x})
@@ -95,20 +109,20 @@ def test_messages_cross_processes_by_hop_and_relay_through_both() -> None:
     np.testing.assert_array_equal(far.payload["x"], np.arange(5000, dtype=np.float32))
     assert near.payload == 7
     # one DEALER per peer process, whatever the number of nodes
-    assert [len(h._dealers) for h in hubs] == [1, 1]
+    assert [len(h._outlets) for h in hubs] == [1, 1]
     assert eps[1].counters.msgs_relayed == 1 and eps[2].counters.msgs_relayed == 1
     # the hop is addressing: counted bytes are the message's frames alone, equal at both ends
     size = far.nbytes
     assert eps[0].counters.by_kind["far"].bytes_sent == size == eps[3].counters.by_kind["far"].bytes_recv
 
 
-def test_frames_that_do_not_belong_are_dropped_logged_and_counted() -> None:
+def test_frames_that_do_not_belong_are_dropped_logged_and_counted(io: ModuleType | None) -> None:
     async def main():
         graph = nx.path_graph(3)  # 0-1-2, placed 0,1 | 2
         drops = Drops(8)
-        ctx, hubs, eps, logs = await _two_processes(graph, {0: 0, 1: 0, 2: 1}, drops)
+        ctx, hubs, eps, logs = await _two_processes(graph, {0: 0, 1: 0, 2: 1}, io, drops)
         try:
-            impostor = hubs[1]._dealers[hubs[0].address]  # hub 1's own socket to hub 0, misused
+            impostor = hubs[1]._outlets[hubs[0].address].dealer  # hub 1's own socket to hub 0, misused
             stranger = ctx.socket(zmq.DEALER)
             stranger.setsockopt(zmq.IDENTITY, b"another-run|tcp://10.0.0.9:1")
             stranger.setsockopt(zmq.LINGER, 0)

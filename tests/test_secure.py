@@ -148,7 +148,7 @@ def test_secure_hubs_deliver_and_refuse_everyone_without_the_key() -> None:
             await eps[1].send(0, "x", np.arange(1000.0))
             got = await eps[0].mailbox.get("x", 1, 10.0, lambda: "node 0")
             header = wire.encode("run-secure-test", 1, 0, "x", None)[0]
-            await hubs[1]._dealers[hubs[0].address].send_multipart([struct.pack("<II", 1, 0) + header,
+            await hubs[1]._outlets[hubs[0].address].dealer.send_multipart([struct.pack("<II", 1, 0) + header,
                                                                      b"x" * MAX_BYTES])
             await _wait_for_reason(logs[0], "too large")
             # the plain peer is refused on the mechanism (or breaks off on seeing CURVE asked); the CURVE
