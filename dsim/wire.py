@@ -174,11 +174,12 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
     if payload is None:
         return [prefix + b"\xc0"]
     if type(payload) is _ndarray:  # the commonest payload, a bare array: see _array_head
-        arr = _contiguous(payload)
-        head, inline = _array_head(_sendable.get(arr.dtype) or _sendable_name(arr.dtype), arr.shape, _NUMPY)
-        if inline:
-            return [b"".join((prefix, head, arr.tobytes()))]
-        return [prefix + head, memoryview(arr).cast("B")]
+        # (np.ascontiguousarray, what the Packer path calls, makes a 0-d array one of shape (1,).)
+        key = (_sendable.get(payload.dtype) or _sendable_name(payload.dtype), payload.shape or (1,), _NUMPY)
+        head, inline = _array_heads.get(key) or _array_head(*key)
+        if inline:  # tobytes copies in C order whatever the layout
+            return [b"".join((prefix, head, payload.tobytes()))]
+        return [prefix + head, memoryview(_contiguous(payload)).cast("B")]
     # Packed inside a 1-tuple, the payload sits one level deep as in the header map: msgpack's nesting
     # limit then refuses exactly the payloads it refused when the whole map was packed.
     packed, buffers = _encoder.pack((payload,))
