@@ -183,7 +183,7 @@ class Mailbox:
 
     def put(self, msg: Message) -> None:
         for i, (kind, src, fut, _) in enumerate(self._waiters):
-            if kind == msg.kind and _from(src, msg.src) and not fut.done():
+            if kind == msg.kind and (src == msg.src or _from(src, msg.src)) and not fut.done():
                 del self._waiters[i]
                 fut.set_result(msg)
                 return
@@ -201,7 +201,7 @@ class Mailbox:
         if src is None:
             return queue.popleft()
         for i, msg in enumerate(queue):
-            if _from(src, msg.src):
+            if msg.src == src or _from(src, msg.src):
                 del queue[i]
                 return msg
         return None

@@ -52,7 +52,7 @@ class WireError(ValueError):
     """A frame that cannot be decoded: garbled, inconsistent, or not ours."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Header:
     """A message's routing fields."""
 
