@@ -54,6 +54,8 @@ import zmq
 import zmq.asyncio
 from results_file import git_commit, write_results  # benchmarks/ is the script's folder
 
+from dsim import native
+
 ROOT = Path(__file__).resolve().parents[1]
 DSIM = Path(sys.executable).with_name("dsim")
 ANCHOR = ROOT.parent / "shared" / "anchor-bench" / "bench_comm.py"
@@ -72,6 +74,7 @@ def machine_facts() -> dict[str, Any]:
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
+        "native_io": native.load()[1] or "dsim's compiled module (net.native_io=auto uses it)",
         "libzmq": zmq.zmq_version(),
         "msgpack": ".".join(map(str, msgpack.version)),
         "platform": platform.platform(),
@@ -447,8 +450,8 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
     out: dict[str, Any] = {}
     for label, (size, rounds) in sizes.items():
         def dsim_run(size: int = size, rounds: int = rounds, per_process: int = 1,
-                     loop: str = "auto", links: str = "") -> dict[str, Any]:
-            return exchange_run(tmp, size, rounds, per_process, loop, links)
+                     loop: str = "auto", links: str = "", io: str = "auto") -> dict[str, Any]:
+            return exchange_run(tmp, size, rounds, per_process, loop, links, io=io)
 
         # dsim run, anchor run, dsim run, anchor run, ...: each ratio compares runs seconds apart
         dsim_runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in PAIRED}
@@ -463,6 +466,8 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
                  # one process per core; ring neighbours in a process talk in memory
                  **{impl: best(runs) for impl, runs in dsim_runs.items()},
                  "dsim_asyncio_loop": best_of(repeats, lambda: dsim_run(loop="asyncio")),
+                 # one process per node through pyzmq's calls alone, as without dsim's compiled module
+                 "dsim_pyzmq_io": best_of(repeats, lambda: dsim_run(io="off")),
                  # all 8 in one process: every message in memory, one core
                  "dsim_one_process": best_of(repeats, lambda: dsim_run(per_process=8)),
                  # the same two layouts' extremes with every link emulated at 10 Gbit/s, no latency
@@ -482,11 +487,12 @@ def throughput(tmp: Path, sizes: dict[str, tuple[int, int]], repeats: int, ancho
 
 
 def exchange_run(tmp: Path, size: int, rounds: int, per_process: int = 1, loop: str = "auto", links: str = "",
-                 secure: str = "off") -> dict[str, Any]:
+                 secure: str = "off", io: str = "auto") -> dict[str, Any]:
     """One `dsim launch --algorithm exchange` on a ring of 8: its rates and CPU per message."""
     run = run_dsim(fresh_dir(tmp, "exchange"),
                    ["--algorithm", "exchange", "--topology", "ring", "--nodes", "8",
                     "--nodes-per-process", str(per_process), "--set", f"net.event_loop={loop}",
+                    "--set", f"net.native_io={io}",
                     "--set", f"rounds={rounds}", "--set", f"exchange.bytes={size}", "--set", f"net.secure={secure}",
                     *(["--set", f"links.bandwidth={links}"] if links else [])], memory=False)
     res = run["results"]
@@ -571,7 +577,7 @@ def largest(tmp: Path, sizes: list[int], per_process: int) -> dict[str, Any]:
 # --- report ----------------------------------------------------------------------------------
 
 
-IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_packed", "dsim_one_process", "dsim_links",
+IMPLEMENTATIONS = ("dsim", "dsim_asyncio_loop", "dsim_pyzmq_io", "dsim_packed", "dsim_one_process", "dsim_links",
                    "dsim_one_process_links", "pyzmq_sync", "pyzmq_asyncio", "pyzmq_reader", "decentralizepy")
 PARTS = ("throughput", "secure", "startup", "largest")
 
@@ -653,6 +659,11 @@ def ratio_markdown(report: dict[str, Any]) -> str:
         f"Measured at commit {report.get('commit')}{' (--quick)' if report['quick'] else ''} on "
         f"{machine['cpu_count']} CPUs ({machine['cpu_model']}), load average {machine['load_avg_at_start'][0]} "
         f"at the start and {machine['load_avg_at_end'][0]} at the end.",
+        "",
+        f"dsim's ZeroMQ calls: {machine.get('native_io', 'pyzmq')}. Through pyzmq's alone "
+        "(`--set net.native_io=off`, what an install without a C compiler runs), one process per node, "
+        + "; ".join(f"{_size_name(e['bytes'])}: {e['dsim_pyzmq_io']['msgs_per_s']:.0f} msgs/s"
+                    for e in report["throughput"].values() if "dsim_pyzmq_io" in e) + " (best of the repeats).",
         "",
         "| layout | dsim msgs/s | DecentralizePy msgs/s | ratio | median ratio |",
         "|---|---|---|---|---|",
