@@ -48,7 +48,7 @@ _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # The option as pyzmq's own enum member: getsockopt turns its argument into one, and that is quickest
 # from a member (0.5 us less a call than from an int).
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
-_COPY_HEADER_BELOW = 1 << 14
+_COPY_HEADER_BELOW = 1 << 14  # a received header shorter than this is copied past its hop, a longer one viewed
 _DRAIN_BATCH = 256  # messages handled per loop turn before other tasks get a turn
 # The hot path calls pyzmq's compiled socket methods directly. Its Python layer (send_multipart,
 # recv_multipart) costs about 10 us a message in flag enums and checks, and ends every drain with a
@@ -230,7 +230,7 @@ class Hub:
         while left > 0:
             messages, drained = drain(self._router_handle, left)
             left -= len(messages)
-            for identity, head, more in messages:
+            for identity, head, more in messages:  # each as _drain takes it apart
                 body = [head[HOP.size:] if len(head) < _COPY_HEADER_BELOW else memoryview(head)[HOP.size:]]
                 while more:
                     frame = _recv(sock, _NOBLOCK, False)
