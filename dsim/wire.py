@@ -3,7 +3,7 @@
 A message is a list of ZeroMQ frames: ``[header, buf0, buf1, ...]``. The header is a msgpack map
 ``{"v", "r" (run id), "s" (source rank), "d" (destination rank), "k" (kind), "p" (payload)}``; inside the
 payload every numpy array or torch tensor is replaced by a msgpack extension that names its frame, dtype
-and shape, and its bytes travel as their own frame; on receipt they are zero-copy views over the frame
+and shape, and its bytes (little-endian) travel as their own frame; on receipt they are zero-copy views over the frame
 memory. Arrays of at most INLINE_MAX bytes ride inside the header instead (dtype, shape and bytes in
 the extension): every extra frame costs ZeroMQ more than copying a few kilobytes. Nothing is pickled.
 
@@ -44,7 +44,8 @@ ALLOWED_DTYPES = frozenset(
 )
 
 
-_NP_DTYPES = {name: np.dtype("int16" if name == "bfloat16" else name) for name in ALLOWED_DTYPES}
+# what each name is read as: little-endian, as arrays travel (_little_endian)
+_NP_DTYPES = {name: np.dtype("int16" if name == "bfloat16" else name).newbyteorder("<") for name in ALLOWED_DTYPES}
 _CACHE_MAX = 4096  # routes remembered (prefixes to send, Headers received); a node has a few per neighbour
 
 
@@ -78,12 +79,20 @@ _sendable: dict[np.dtype, str] = {}  # dtype -> name, for the dtypes that may be
 
 
 def _sendable_name(dtype: np.dtype) -> str:
-    """The name of a dtype that may be sent (else TypeError), remembered: dtype.name is a slow property."""
+    """The name of a dtype that may be sent (else TypeError), remembered when its arrays travel as they
+    are (dtype.name is a slow property); a big-endian one is not, so its arrays always come here."""
     name = dtype.name
     if name not in ALLOWED_DTYPES:
         raise TypeError(f"dtype {name} cannot be sent")
-    _sendable[dtype] = name
+    if dtype.str[0] != ">":
+        _sendable[dtype] = name
     return name
+
+
+def _little_endian(arr: np.ndarray) -> np.ndarray:
+    """Arrays travel little-endian, the order every receiver reads them in (a '>f4' array's bytes sent
+    as they are would be read back as other numbers)."""
+    return arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.str[0] == ">" else arr
 
 
 def _tensor_array(t: Any, torch: Any) -> tuple[np.ndarray, str]:
@@ -97,7 +106,8 @@ def _tensor_array(t: Any, torch: Any) -> tuple[np.ndarray, str]:
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy(), "bfloat16"
     arr = t.numpy()
-    return arr, _sendable.get(arr.dtype) or _sendable_name(arr.dtype)
+    name = _sendable.get(arr.dtype)
+    return (arr, name) if name is not None else (_little_endian(arr), _sendable_name(arr.dtype))
 
 
 class _Encoder(threading.local):
@@ -112,7 +122,9 @@ class _Encoder(threading.local):
         """msgpack's hook for what it cannot pack itself: arrays and tensors, numpy scalars, sets."""
         if isinstance(obj, _ndarray):
             arr = _contiguous(obj)
-            dtype = _sendable.get(arr.dtype) or _sendable_name(arr.dtype)
+            dtype = _sendable.get(arr.dtype)
+            if dtype is None:
+                dtype, arr = _sendable_name(arr.dtype), _little_endian(arr)
             origin = _NUMPY
         else:
             torch = sys.modules.get("torch")
@@ -173,9 +185,10 @@ def encode(run: str, src: int, dst: int, kind: str, payload: Any) -> list:
     prefix = _prefixes.get(route) or _prefix(route)
     if payload is None:
         return [prefix + b"\xc0"]
-    if type(payload) is _ndarray:  # the commonest payload, a bare array: see _array_head
+    name = _sendable.get(payload.dtype) if type(payload) is _ndarray else None
+    if name is not None:  # the commonest payload, a bare array of a dtype already sent: see _array_head
         # (np.ascontiguousarray, what the Packer path calls, makes a 0-d array one of shape (1,).)
-        key = (_sendable.get(payload.dtype) or _sendable_name(payload.dtype), payload.shape or (1,), _NUMPY)
+        key = (name, payload.shape or (1,), _NUMPY)
         head, inline = _array_heads.get(key) or _array_head(*key)
         if inline:  # tobytes copies in C order whatever the layout
             return [b"".join((prefix, head, payload.tobytes()))]
