@@ -711,7 +711,7 @@ def test_an_array_of_any_byte_order_arrives_as_the_numbers_sent(dtype: str) -> N
         frames = wire.encode("run1", 3, 7, "model", x)
         for header, out in (wire.decode(bytes(frames[0]), []), inbound.decode(3, bytes(frames[0]), [])):
             np.testing.assert_array_equal(out, np.arange(12).reshape(3, 4))
-            assert out.dtype.name == x.dtype.name
+            assert out.dtype.name == x.dtype.name and header == wire.Header("run1", 3, 7, "model")
     big = np.arange(wire.INLINE_MAX).astype(">f4")  # framed
     frames = wire.encode("run1", 3, 7, "model", {"x": big})
     np.testing.assert_array_equal(wire.decode(bytes(frames[0]), [bytes(f) for f in frames[1:]])[1]["x"],
