@@ -53,7 +53,10 @@ def _bind() -> tuple[ModuleType | None, str]:
     paths = {p for p in paths if os.path.basename(p).startswith("libzmq")}
     if len(paths) != 1:
         return None, f"pyzmq's libzmq not found for certain among the mapped libraries ({len(paths)} candidates)"
-    lib = ctypes.CDLL(paths.pop())  # already loaded: dlopen hands back the same library
+    try:
+        lib = ctypes.CDLL(paths.pop())  # already loaded: dlopen hands back the same library
+    except OSError as exc:  # e.g. the file was replaced since it was mapped ("(deleted)")
+        return None, f"pyzmq's libzmq cannot be opened again ({exc})"
     version = [ctypes.c_int() for _ in range(3)]
     lib.zmq_version(*(ctypes.byref(v) for v in version))
     if tuple(v.value for v in version) != zmq.zmq_version_info() or zmq.zmq_version_info() < (4, 1):

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import zmq
-import zmq.asyncio
 
 from dsim import wire
 from dsim.churn import Schedule

@@ -336,8 +336,6 @@ class _Known:
     def of(header: Header, payload: Any) -> _Known | None:
         """The head dsim writes for this message, when its payload is one CPU array (nothing else
         repeats round after round; a greeting, once per neighbour, is not worth a node's memory)."""
-        route = (header.run, header.src, header.dst, header.kind)
-        prefix = _prefixes.get(route) or _prefix(route)
         if type(payload) is _ndarray:
             dtype, origin = _allowed_name(payload.dtype), _NUMPY
         else:
@@ -348,6 +346,8 @@ class _Known:
             origin = _TORCH
         if dtype is None:
             return None
+        route = (header.run, header.src, header.dst, header.kind)
+        prefix = _prefixes.get(route) or _prefix(route)
         shape = tuple(payload.shape)
         head, inline = _array_head(dtype, shape, origin)
         nbytes = _prod(shape) * _NP_DTYPES[dtype].itemsize
